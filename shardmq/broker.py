@@ -1,0 +1,332 @@
+"""The public API: configure, embed and run a broker, register hooks.
+
+::
+
+    from shardmq import Broker
+
+    broker = Broker(port=1883)
+
+    @broker.on_connect
+    async def check(client, packet):
+        return packet.username == "alice" and packet.password == b"secret"
+
+    broker.run()                 # or: await broker.start() ... await broker.stop()
+
+Hooks receive ``(client, packet)``; ``client.broker`` is this object, whose
+methods (:meth:`Broker.publish`, :attr:`Broker.retained`,
+:meth:`Broker.disconnect`) are safe to call from a hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+from .hooks import HOOK_NAMES, ClientHandle, Hook, Hooks
+from .protocol.constants import ReasonCode
+from .protocol.packets import Properties
+from .protocol.topics import is_valid_topic_filter, validate_topic_name
+from .worker.connection import Connection
+from .worker.session import Message
+from .worker.shard import Shard
+
+log = logging.getLogger("shardmq")
+
+
+class RetainedMessage:
+    """A retained message as the hooks API shows it."""
+
+    __slots__ = ("topic", "payload", "qos", "properties", "ttl")
+
+    def __init__(
+        self, topic: str, payload: bytes, qos: int, properties: Properties | None, ttl: int | None
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.properties = properties
+        #: seconds left before it expires, None when it never does
+        self.ttl = ttl
+
+    def __repr__(self) -> str:
+        return f"RetainedMessage({self.topic!r}, {self.payload!r}, qos={self.qos}, ttl={self.ttl})"
+
+
+class RetainedAPI:
+    """The broker's retained store: add, get, delete and walk with a wildcard filter."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def _shard(self) -> Shard:
+        shard = self._broker._shard
+        if shard is None:
+            raise RuntimeError("the broker is not running")
+        return shard
+
+    def add(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        ttl: int | None = None,
+        properties: Properties | None = None,
+    ) -> None:
+        """Store a retained message (``ttl`` seconds, or forever), without publishing it."""
+        validate_topic_name(topic)
+        shard = self._shard()
+        props = properties.copy() if properties is not None else Properties()
+        if ttl is not None:
+            props.message_expiry_interval = ttl
+        expiry_at = shard.loop.time() + ttl if ttl is not None else None
+        msg = Message(topic, bytes(payload), qos, True, props, expiry_at, None)
+        if payload:
+            shard.retained.set(topic, msg)
+        else:
+            shard.retained.delete(topic)
+
+    def get(self, topic: str) -> RetainedMessage | None:
+        shard = self._shard()
+        msg = shard.retained.get(topic)
+        if msg is None:
+            return None
+        now = shard.loop.time()
+        if msg.expiry_at is not None and msg.expiry_at <= now:
+            shard.retained.delete(topic)
+            return None
+        return self._view(msg, now)
+
+    def delete(self, topic: str) -> bool:
+        return self._shard().retained.delete(topic)
+
+    def for_each(self, topic_filter: str = "#") -> Iterator[RetainedMessage]:
+        """Every live retained message whose topic matches ``topic_filter``."""
+        if not is_valid_topic_filter(topic_filter):
+            raise ValueError(f"invalid topic filter {topic_filter!r}")
+        shard = self._shard()
+        now = shard.loop.time()
+        for msg in shard.retained_messages(topic_filter):
+            yield self._view(msg, now)
+
+    @staticmethod
+    def _view(msg: Message, now: float) -> RetainedMessage:
+        ttl = None
+        if msg.expiry_at is not None:
+            ttl = max(0, int(msg.expiry_at - now + 0.999))
+        return RetainedMessage(msg.topic, msg.payload, msg.qos, msg.properties, ttl)
+
+    def __len__(self) -> int:
+        return len(self._shard().retained)
+
+
+class Broker:
+    """An MQTT broker: one shard served by one asyncio event loop."""
+
+    def __init__(self, config: Config | None = None, **settings: Any) -> None:
+        config = config if config is not None else Config()
+        if settings:
+            unknown = set(settings) - {f.name for f in dataclasses.fields(Config)}
+            if unknown:
+                name = sorted(unknown)[0]
+                raise ConfigError(name, "unknown setting")
+            config = dataclasses.replace(config, **settings)
+        self.config = config
+        self.hooks = Hooks()
+        self.retained = RetainedAPI(self)
+        self._shard: Shard | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._stopped: asyncio.Event | None = None
+        for name in HOOK_NAMES:
+            setattr(self, name, self._decorator(name))
+
+    # -- hooks -------------------------------------------------------------------
+
+    def _decorator(self, name: str) -> Any:
+        def register(fn: Hook) -> Hook:
+            return self.hooks.register(name, fn)
+
+        register.__name__ = name
+        register.__doc__ = f"Register ``fn`` as the {name} hook (usable as a decorator)."
+        return register
+
+    def add_hook(self, name: str, fn: Hook) -> Hook:
+        """Register a hook by name (``"on_publish"`` ...)."""
+        return self.hooks.register(name, fn)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port the broker listens on (useful with ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("the broker is not running")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Start listening in the running event loop."""
+        loop = asyncio.get_running_loop()
+        shard = Shard(self.config, self.hooks, loop, broker=self)
+        self._shard = shard
+        self._stopped = asyncio.Event()
+        cfg = self.config
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: Connection(shard), sock=sock, backlog=4096
+            )
+        else:
+            try:
+                self._server = await loop.create_server(
+                    lambda: Connection(shard), cfg.host, cfg.port, backlog=4096, reuse_address=True
+                )
+            except OSError as exc:
+                self._shard = None
+                raise ConfigError(
+                    "port", f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+                ) from None
+        shard.start_sys()
+        log.info("shardmq listening on %s:%d", cfg.host, self.port)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, send v5 clients DISCONNECT 0x8B, close every connection."""
+        shard = self._shard
+        if shard is None:
+            return
+        shard.closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(shard.connections):
+            conn.shutdown()
+        shard.flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while shard.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(shard.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        shard.stop()
+        self._shard = None
+        if self._stopped is not None:
+            self._stopped.set()
+        log.info("shardmq stopped")
+
+    async def serve_forever(self) -> None:
+        """Start, then run until SIGINT/SIGTERM, then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    def run(self) -> None:
+        """Run the broker on uvloop until SIGINT/SIGTERM."""
+        import uvloop
+
+        uvloop.run(self.serve_forever())
+
+    # -- API for hooks and embedding -----------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
+        """Publish from the server side; returns the number of matching subscriptions."""
+        shard = self._shard
+        if shard is None:
+            raise RuntimeError("the broker is not running")
+        validate_topic_name(topic)
+        if isinstance(payload, str):
+            payload = payload.encode()
+        props = properties
+        expiry = props.message_expiry_interval if props is not None else None
+        msg = Message(
+            topic,
+            bytes(payload),
+            qos,
+            retain,
+            props,
+            shard.loop.time() + expiry if expiry is not None else None,
+            None,
+        )
+        return shard.publish(msg)
+
+    def disconnect(
+        self,
+        client_id: str,
+        reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION,
+        reason_string: str | None = None,
+    ) -> bool:
+        """Disconnect a client (v5 clients get DISCONNECT with ``reason_code``)."""
+        from .errors import MQTTError
+
+        shard = self._shard
+        if shard is None:
+            return False
+        session = shard.sessions.get(client_id)
+        if session is None or session.connection is None:
+            return False
+        conn = session.connection
+        assert isinstance(conn, Connection)
+        conn.fail(MQTTError(reason_code, reason_string))
+        return True
+
+    def clients(self) -> list[ClientHandle]:
+        """Handles of the connected clients."""
+        shard = self._shard
+        if shard is None:
+            return []
+        return [c.handle for c in shard.connections if c.handle is not None]
+
+    @property
+    def stats(self) -> Any:
+        return self._shard.stats if self._shard is not None else None
+
+
+def load_app(broker: Broker, spec: str) -> None:
+    """Apply ``--app module:attr``: a Broker whose hooks are taken over, or a
+    callable that receives the broker and registers hooks on it."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError("app", f"expected module:attr, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError("app", f"cannot import {module_name!r}: {exc}") from None
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError("app", f"{module_name!r} has no attribute {attr!r}") from None
+    if isinstance(target, Broker):
+        for name in HOOK_NAMES:
+            fn = getattr(target.hooks, name)
+            if fn is not None:
+                broker.hooks.register(name, fn)
+    elif callable(target):
+        target(broker)
+    else:
+        raise ConfigError("app", f"{spec!r} is neither a Broker nor a callable")
+
+
+def serve(config: Config) -> None:
+    """Run a broker with ``config`` until SIGINT/SIGTERM (the CLI's ``serve``)."""
+    broker = Broker(config)
+    if config.app:
+        load_app(broker, config.app)
+    broker.run()

@@ -1,0 +1,151 @@
+"""The ``shardmq`` command.
+
+``shardmq serve`` loads the settings (flags > ``SHARDMQ_*`` environment >
+TOML file > defaults, see ``shardmq.config``), sets up logging and runs the
+broker until SIGINT or SIGTERM. Only the flags the user actually typed are
+passed on, so a click default never hides an environment variable or a file
+value. A bad setting is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import click
+from click.core import ParameterSource
+
+from . import __version__
+from .config import LOG_LEVELS, Config, env_var, load_config
+from .errors import ConfigError
+
+#: Exit status for a configuration error (the same as click's usage errors).
+EXIT_CONFIG_ERROR = 2
+
+LOG_FORMAT = "%(asctime)s %(levelname)-8s [%(process)d] %(name)s: %(message)s"
+
+_DEFAULTS = Config()
+
+
+def _help(setting: str, text: str) -> str:
+    """Help text that shows the setting's real default and its variable."""
+    default = getattr(_DEFAULTS, setting)
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, float) and default.is_integer():
+        shown = str(int(default))
+    else:
+        shown = str(default)
+    return f"{text} [default: {shown}] [env: {env_var(setting)}]"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="shardmq", message="%(prog)s %(version)s"
+)
+def main() -> None:
+    """shardmq: a shard-per-core MQTT 5.0 / 3.1.1 broker."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML file of settings (top-level keys are setting names). [env: SHARDMQ_CONFIG]",
+)
+@click.option("--host", default=None, help=_help("host", "Address to listen on."))
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help=_help("port", "TCP port; 0 picks a free one."),
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help=_help("workers", "Worker processes, one shard each."),
+)
+@click.option(
+    "--app",
+    default=None,
+    metavar="MODULE:ATTR",
+    help=_help("app", "A Broker, or a function(broker) that registers hooks."),
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help=_help("log_level", "Logging threshold."),
+)
+@click.option(
+    "--max-connections",
+    type=int,
+    default=None,
+    help=_help("max_connections", "Connections accepted at once; 0 is unlimited."),
+)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=None,
+    help=_help("connect_timeout", "Seconds a new connection has to send CONNECT."),
+)
+@click.option(
+    "--max-packet-size",
+    type=int,
+    default=None,
+    help=_help("max_packet_size", "Largest packet accepted, in bytes."),
+)
+@click.option(
+    "--max-queued-messages",
+    type=int,
+    default=None,
+    help=_help("max_queued_messages", "Messages queued per session."),
+)
+@click.option(
+    "--sys-interval",
+    type=float,
+    default=None,
+    help=_help("sys_interval", "Seconds between $SYS updates; 0 disables."),
+)
+@click.option(
+    "--store",
+    default=None,
+    help=_help("store", "Where sessions and retained messages live; only memory for now."),
+)
+@click.option(
+    "--allow-anonymous/--no-allow-anonymous",
+    default=None,
+    help=_help("allow_anonymous", "Accept clients without credentials."),
+)
+@click.pass_context
+def serve(ctx: click.Context, /, config_file: str | None, **options: object) -> None:
+    """Run the broker until SIGINT or SIGTERM."""
+    flags = {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    try:
+        config = load_config(flags, config_file=config_file)
+    except ConfigError as exc:
+        _fail(ctx, exc)
+
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
+
+    # Imported here so that `--help`, `--version` and config errors stay fast
+    # and do not load the event loop machinery.
+    from .broker import serve as run_broker
+
+    try:
+        run_broker(config)
+    except ConfigError as exc:  # e.g. an --app that cannot be imported
+        _fail(ctx, exc)
+
+
+def _fail(ctx: click.Context, exc: ConfigError) -> NoReturn:
+    message = " ".join(str(exc).split())
+    click.echo(f"shardmq: error: {message}", err=True)
+    ctx.exit(EXIT_CONFIG_ERROR)

@@ -1,0 +1,360 @@
+"""Broker settings: plain frozen data, safe to hand across fork().
+
+``Config`` holds every setting with its default and checks itself when built,
+so ``Config(port=70000)`` raises ``ConfigError`` however it was made.
+``load_config`` builds one from four sources; a later source wins:
+
+1. defaults (the field defaults below),
+2. a TOML file (``config_file``, else the path in ``SHARDMQ_CONFIG``), whose
+   top-level keys are the field names; an unknown key is an error,
+3. environment variables ``SHARDMQ_<FIELD_NAME_UPPER>`` (``SHARDMQ_PORT=1884``),
+   parsed by the field's type; other ``SHARDMQ_*`` variables are ignored,
+4. command-line flags (``flags``: only the flags the user actually passed).
+
+So: flags > environment > TOML file > defaults. Every error is a one-line
+``ConfigError`` naming the setting and, when loading, where the value came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+from .protocol.constants import MAX_PACKET_SIZE_LIMIT
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every broker setting. Built directly, from ``load_config``, or with
+    ``dataclasses.replace``; each way runs the same checks."""
+
+    # -- listener ----------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = 1883
+    #: Workers (processes); 1 for the single-process broker.
+    workers: int = 1
+    log_level: str = "info"
+    #: "module:attr" naming a Broker or a function(broker) that registers hooks.
+    app: str | None = None
+
+    # -- connections ---------------------------------------------------------
+    #: 0 means unlimited.
+    max_connections: int = 0
+    #: Seconds a new connection has to send its CONNECT.
+    connect_timeout: float = 10.0
+    #: Bytes queued to one client before it is disconnected as too slow.
+    max_outgoing_buffer: int = 16 * 1024 * 1024
+    #: Bytes buffered unread per connection before reading is paused.
+    max_incoming_buffer: int = 1024 * 1024
+
+    # -- limits advertised in CONNACK ----------------------------------------
+    #: Largest packet the broker accepts (Maximum Packet Size property).
+    max_packet_size: int = 16 * 1024 * 1024
+    #: Inbound QoS 1/2 PUBLISHes a client may have unacknowledged.
+    receive_maximum: int = 1024
+    #: Outbound QoS 1/2 messages in flight per client (also capped by the
+    #: client's own Receive Maximum).
+    max_inflight: int = 1024
+    #: Topic aliases a client may use towards the broker.
+    topic_alias_maximum: int = 1024
+    maximum_qos: int = 2
+    retain_available: bool = True
+    wildcard_subscription_available: bool = True
+    subscription_identifier_available: bool = True
+    shared_subscription_available: bool = True
+    #: Largest keep alive accepted; a client asking for more (or for 0 when
+    #: this is set below 65535) is told the server keep alive instead.
+    max_keep_alive: int = 65535
+    #: When set, overrides every client's keep alive (Server Keep Alive).
+    server_keep_alive: int | None = None
+    #: Upper bound on the session expiry a client may ask for (seconds).
+    max_session_expiry_interval: int = 0xFFFFFFFF
+
+    # -- sessions -----------------------------------------------------------
+    #: Messages queued per session while offline or while the client's
+    #: receive window is full.
+    max_queued_messages: int = 1000
+    #: Which message is dropped when the queue is full: "oldest" or "newest".
+    queue_drop_policy: str = "oldest"
+    #: Queue QoS 0 messages for offline persistent sessions.
+    queue_qos0_offline: bool = False
+    #: Response Information returned when a v5 client requests it; the
+    #: client id is appended. Empty disables it.
+    response_information: str = "response/"
+    allow_anonymous: bool = True
+
+    # -- $SYS ----------------------------------------------------------------
+    #: Seconds between $SYS publications; 0 disables them.
+    sys_interval: float = 10.0
+
+    # -- storage --------------------------------------------------------------
+    store: str = "memory"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+# -- validation -----------------------------------------------------------------
+
+#: Prefix of the environment variables; ``SHARDMQ_CONFIG`` names the TOML file.
+ENV_PREFIX = "SHARDMQ_"
+CONFIG_FILE_ENV = "SHARDMQ_CONFIG"
+
+#: Smallest packet size limit we accept: a CONNECT with a short client id,
+#: a will and credentials must still fit.
+MIN_PACKET_SIZE = 128
+
+#: Inclusive bounds; ``None`` means unbounded. Checked after the type.
+_RANGES: dict[str, tuple[int | float, int | float | None]] = {
+    "port": (0, 65535),  # 0 asks the OS for a free port (embedding, tests)
+    "workers": (1, None),
+    "max_connections": (0, None),
+    "max_outgoing_buffer": (1, None),
+    "max_incoming_buffer": (1, None),
+    "max_packet_size": (MIN_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT),
+    "receive_maximum": (1, 65535),  # Receive Maximum 0 is a protocol error [MQTT-3.2.2.3.3]
+    "max_inflight": (1, 65535),
+    "topic_alias_maximum": (0, 65535),
+    "maximum_qos": (0, 2),
+    "max_keep_alive": (0, 65535),
+    "server_keep_alive": (0, 65535),
+    "max_session_expiry_interval": (0, 0xFFFFFFFF),
+    "max_queued_messages": (0, None),
+    "sys_interval": (0, None),
+}
+
+#: Settings that must be strictly greater than zero.
+_POSITIVE = frozenset({"connect_timeout"})
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: Allowed values, compared case-insensitively and stored lower-case.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": LOG_LEVELS,
+    "queue_drop_policy": ("oldest", "newest"),
+    "store": ("memory",),
+}
+
+_NOTES: dict[str, str] = {
+    "max_packet_size": f"{MAX_PACKET_SIZE_LIMIT} is the MQTT limit",
+    "store": "'redis' is planned",
+}
+
+_DESCRIPTIONS: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    str: "a string",
+}
+
+
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """Map each field to ``(base type, accepts None)`` from its annotation."""
+    result: dict[str, tuple[type, bool]] = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        args = typing.get_args(hint)
+        if not args:
+            result[name] = (hint, False)
+            continue
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) != 1 or len(args) != 2:
+            raise TypeError(f"Config.{name}: unsupported annotation {hint!r}")
+        result[name] = (others[0], True)
+    return result
+
+
+#: Built once the class exists; ``Config`` instances are only made after import.
+FIELD_TYPES: dict[str, tuple[type, bool]] = _field_types()
+
+
+def _describe(base: type, optional: bool) -> str:
+    return _DESCRIPTIONS[base] + (" or none" if optional else "")
+
+
+def _type_error(name: str, value: object) -> ConfigError:
+    base, optional = FIELD_TYPES[name]
+    return ConfigError(
+        name, f"expected {_describe(base, optional)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check_type(name: str, value: object) -> object:
+    """Return ``value`` (an int widened to float for float fields) or raise."""
+    base, optional = FIELD_TYPES[name]
+    if value is None and optional:
+        return None
+    # bool is a subclass of int: True is not a port number.
+    if isinstance(value, bool) and base is not bool:
+        raise _type_error(name, value)
+    if base is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, base):
+        raise _type_error(name, value)
+    return value
+
+
+def _check_value(name: str, value: object) -> object:
+    """Return ``value`` (choices lower-cased) or raise if it is out of range."""
+    note = f" ({_NOTES[name]})" if name in _NOTES else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    if name in _RANGES and isinstance(value, int | float):
+        low, high = _RANGES[name]
+        # Written as "not (in range)" so that NaN fails too.
+        if high is None and not value >= low:
+            raise ConfigError(name, f"must be at least {low}, got {value!r}{note}")
+        if high is not None and not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value!r}{note}")
+    if name in _POSITIVE and isinstance(value, int | float) and not value > 0:
+        raise ConfigError(name, f"must be greater than 0, got {value!r}")
+    if name in _CHOICES and isinstance(value, str):
+        choices = _CHOICES[name]
+        if value.lower() not in choices:
+            allowed = ", ".join(repr(choice) for choice in choices)
+            raise ConfigError(name, f"must be one of {allowed}, got {value!r}{note}")
+        return value.lower()
+    if name == "app" and isinstance(value, str):
+        module, _, attr = value.partition(":")
+        if not module or not attr:
+            raise ConfigError(name, f"expected 'module:attr', got {value!r}")
+    return value
+
+
+def _validate(config: Config) -> None:
+    """Check every field in declaration order; normalise in place (frozen-safe)."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        checked = _check_value(field.name, _check_type(field.name, value))
+        if checked is not value:
+            object.__setattr__(config, field.name, checked)
+
+
+# -- loading --------------------------------------------------------------------
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets field ``name``: ``SHARDMQ_<NAME>``."""
+    return ENV_PREFIX + name.upper()
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_setting(name: str, text: str) -> object:
+    """Parse the string ``text`` by the type of field ``name``.
+
+    Booleans take 1/0, true/false, yes/no, on/off (any case); optional fields
+    take an empty string or "none" for None. Range checks are left to ``Config``.
+    """
+    base, optional = FIELD_TYPES[name]
+    stripped = text.strip()
+    if optional and stripped.lower() in ("", "none"):
+        return None
+    try:
+        if base is bool:
+            if stripped.lower() in _TRUE:
+                return True
+            if stripped.lower() in _FALSE:
+                return False
+            raise ValueError(text)
+        if base is int:
+            return int(stripped, 10)
+        if base is float:
+            return float(stripped)
+    except ValueError:
+        raise ConfigError(name, f"expected {_describe(base, optional)}, got {text!r}") from None
+    return text
+
+
+def settings_from_env(env: Mapping[str, str]) -> dict[str, object]:
+    """The settings given as ``SHARDMQ_<FIELD>`` variables in ``env``, parsed."""
+    settings: dict[str, object] = {}
+    for name in FIELD_TYPES:
+        var = env_var(name)
+        if var in env:
+            try:
+                settings[name] = parse_setting(name, env[var])
+            except ConfigError as exc:
+                raise _with_origin(exc, var) from None
+    return settings
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
+    """The settings in the TOML file at ``path``: top-level keys, field names."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError("config", f"{where}: no such file") from None
+    except OSError as exc:
+        raise ConfigError("config", f"{where}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{where}: not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{where}: invalid TOML: {_one_line(exc)}") from None
+    for key in data:
+        if key not in FIELD_TYPES:
+            raise _unknown_setting(key, f"in {where}")
+    return dict(data)
+
+
+def load_config(
+    flags: Mapping[str, object] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a ``Config`` from flags > environment > TOML file > defaults.
+
+    ``flags`` maps field names to values already typed (the CLI passes only
+    the flags the user gave). ``env`` defaults to ``os.environ``; when
+    ``config_file`` is None the file named by ``SHARDMQ_CONFIG``, if any, is
+    read. Raises ``ConfigError`` naming the setting and the value's source.
+    """
+    if env is None:
+        env = os.environ
+    if config_file is None:
+        config_file = env.get(CONFIG_FILE_ENV) or None
+
+    values: dict[str, object] = {}
+    origins: dict[str, str] = {}
+    if config_file is not None:
+        for name, value in read_config_file(config_file).items():
+            values[name] = value
+            origins[name] = os.fspath(config_file)
+    for name, value in settings_from_env(env).items():
+        values[name] = value
+        origins[name] = env_var(name)
+    for name, value in (flags or {}).items():
+        if name not in FIELD_TYPES:
+            raise _unknown_setting(name, "given as a flag")
+        values[name] = value
+        origins[name] = "--" + name.replace("_", "-")
+
+    try:
+        return Config(**values)  # type: ignore[arg-type]  # checked by __post_init__
+    except ConfigError as exc:
+        origin = origins.get(exc.setting)
+        raise (_with_origin(exc, origin) if origin else exc) from None
+
+
+def _with_origin(exc: ConfigError, origin: str) -> ConfigError:
+    message = str(exc).partition(": ")[2]
+    return ConfigError(exc.setting, f"{message} (from {origin})")
+
+
+def _unknown_setting(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(key, f"unknown setting {where}{hint}")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,401 @@
+"""MQTT control packets as plain data.
+
+Every packet class has ``__slots__`` and a ``packet_type``; the codec in
+``codec.py`` turns bytes into these objects and back. The same classes serve
+MQTT 5.0 and 3.1.1: fields a version does not carry keep their defaults
+(``properties`` empty, reason codes SUCCESS) when decoding that version and are
+ignored when encoding it.
+
+Strings are ``str``; payloads, passwords, correlation and authentication data
+are ``bytes`` and are never decoded as text.
+"""
+
+from __future__ import annotations
+
+from .constants import MQTT5, PacketType, ReasonCode
+
+
+class Properties:
+    """The v5 properties of one packet. Unset properties are ``None``.
+
+    ``user_properties`` keeps every (key, value) pair in wire order, repeated
+    keys included [MQTT-3.3.2-18]. ``subscription_identifiers`` is a list
+    because a PUBLISH to a client may carry several.
+    """
+
+    __slots__ = (
+        "payload_format_indicator",
+        "message_expiry_interval",
+        "content_type",
+        "response_topic",
+        "correlation_data",
+        "subscription_identifiers",
+        "session_expiry_interval",
+        "assigned_client_identifier",
+        "server_keep_alive",
+        "authentication_method",
+        "authentication_data",
+        "request_problem_information",
+        "will_delay_interval",
+        "request_response_information",
+        "response_information",
+        "server_reference",
+        "reason_string",
+        "receive_maximum",
+        "topic_alias_maximum",
+        "topic_alias",
+        "maximum_qos",
+        "retain_available",
+        "user_properties",
+        "maximum_packet_size",
+        "wildcard_subscription_available",
+        "subscription_identifier_available",
+        "shared_subscription_available",
+    )
+
+    payload_format_indicator: int | None
+    message_expiry_interval: int | None
+    content_type: str | None
+    response_topic: str | None
+    correlation_data: bytes | None
+    subscription_identifiers: list[int] | None
+    session_expiry_interval: int | None
+    assigned_client_identifier: str | None
+    server_keep_alive: int | None
+    authentication_method: str | None
+    authentication_data: bytes | None
+    request_problem_information: int | None
+    will_delay_interval: int | None
+    request_response_information: int | None
+    response_information: str | None
+    server_reference: str | None
+    reason_string: str | None
+    receive_maximum: int | None
+    topic_alias_maximum: int | None
+    topic_alias: int | None
+    maximum_qos: int | None
+    retain_available: int | None
+    user_properties: list[tuple[str, str]] | None
+    maximum_packet_size: int | None
+    wildcard_subscription_available: int | None
+    subscription_identifier_available: int | None
+    shared_subscription_available: int | None
+
+    def __init__(self, **kwargs: object) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, None)
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+
+    def items(self) -> list[tuple[str, object]]:
+        """The set properties as (name, value) pairs, in slot order."""
+        out = []
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is not None:
+                out.append((name, value))
+        return out
+
+    def copy(self) -> Properties:
+        new = Properties()
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = list(value)
+            object.__setattr__(new, name, value)
+        return new
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) is not None for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Properties):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.items())
+        return f"Properties({inner})"
+
+
+class _Packet:
+    __slots__: tuple[str, ...] = ()
+    packet_type: PacketType
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+class Will(_Packet):
+    """The will message carried in a CONNECT."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties if properties is not None else Properties()
+
+
+class Connect(_Packet):
+    packet_type = PacketType.CONNECT
+    __slots__ = (
+        "protocol_name",
+        "protocol_version",
+        "clean_start",
+        "keep_alive",
+        "client_id",
+        "will",
+        "username",
+        "password",
+        "properties",
+    )
+
+    def __init__(
+        self,
+        client_id: str = "",
+        protocol_version: int = MQTT5,
+        clean_start: bool = True,
+        keep_alive: int = 60,
+        will: Will | None = None,
+        username: str | None = None,
+        password: bytes | None = None,
+        properties: Properties | None = None,
+        protocol_name: str = "MQTT",
+    ) -> None:
+        self.protocol_name = protocol_name
+        self.protocol_version = protocol_version
+        self.clean_start = clean_start
+        self.keep_alive = keep_alive
+        self.client_id = client_id
+        self.will = will
+        self.username = username
+        self.password = password
+        self.properties = properties if properties is not None else Properties()
+
+
+class Connack(_Packet):
+    packet_type = PacketType.CONNACK
+    __slots__ = ("session_present", "reason_code", "properties")
+
+    def __init__(
+        self,
+        session_present: bool = False,
+        reason_code: int = ReasonCode.SUCCESS,
+        properties: Properties | None = None,
+    ) -> None:
+        self.session_present = session_present
+        #: A v5 reason code. The codec maps it to a 3.1.1 return code.
+        self.reason_code = reason_code
+        self.properties = properties if properties is not None else Properties()
+
+
+class Publish(_Packet):
+    packet_type = PacketType.PUBLISH
+    __slots__ = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        dup: bool = False,
+        packet_id: int | None = None,
+        properties: Properties | None = None,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.packet_id = packet_id
+        self.properties = properties if properties is not None else Properties()
+
+
+class _Ack(_Packet):
+    """PUBACK, PUBREC, PUBREL and PUBCOMP share one shape."""
+
+    __slots__ = ("packet_id", "reason_code", "properties")
+
+    def __init__(
+        self,
+        packet_id: int,
+        reason_code: int = ReasonCode.SUCCESS,
+        properties: Properties | None = None,
+    ) -> None:
+        self.packet_id = packet_id
+        self.reason_code = reason_code
+        self.properties = properties if properties is not None else Properties()
+
+
+class Puback(_Ack):
+    packet_type = PacketType.PUBACK
+    __slots__ = ()
+
+
+class Pubrec(_Ack):
+    packet_type = PacketType.PUBREC
+    __slots__ = ()
+
+
+class Pubrel(_Ack):
+    packet_type = PacketType.PUBREL
+    __slots__ = ()
+
+
+class Pubcomp(_Ack):
+    packet_type = PacketType.PUBCOMP
+    __slots__ = ()
+
+
+class Subscription(_Packet):
+    """One topic filter of a SUBSCRIBE with its subscription options."""
+
+    __slots__ = ("topic_filter", "qos", "no_local", "retain_as_published", "retain_handling")
+
+    def __init__(
+        self,
+        topic_filter: str,
+        qos: int = 0,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+    ) -> None:
+        self.topic_filter = topic_filter
+        self.qos = qos
+        self.no_local = no_local
+        self.retain_as_published = retain_as_published
+        self.retain_handling = retain_handling
+
+
+class Subscribe(_Packet):
+    packet_type = PacketType.SUBSCRIBE
+    __slots__ = ("packet_id", "subscriptions", "properties")
+
+    def __init__(
+        self,
+        packet_id: int,
+        subscriptions: list[Subscription],
+        properties: Properties | None = None,
+    ) -> None:
+        self.packet_id = packet_id
+        self.subscriptions = subscriptions
+        self.properties = properties if properties is not None else Properties()
+
+
+class Suback(_Packet):
+    packet_type = PacketType.SUBACK
+    __slots__ = ("packet_id", "reason_codes", "properties")
+
+    def __init__(
+        self,
+        packet_id: int,
+        reason_codes: list[int],
+        properties: Properties | None = None,
+    ) -> None:
+        self.packet_id = packet_id
+        #: v5 reason codes; for 3.1.1 the codec writes 0x80 for any failure.
+        self.reason_codes = reason_codes
+        self.properties = properties if properties is not None else Properties()
+
+
+class Unsubscribe(_Packet):
+    packet_type = PacketType.UNSUBSCRIBE
+    __slots__ = ("packet_id", "topic_filters", "properties")
+
+    def __init__(
+        self,
+        packet_id: int,
+        topic_filters: list[str],
+        properties: Properties | None = None,
+    ) -> None:
+        self.packet_id = packet_id
+        self.topic_filters = topic_filters
+        self.properties = properties if properties is not None else Properties()
+
+
+class Unsuback(_Packet):
+    packet_type = PacketType.UNSUBACK
+    __slots__ = ("packet_id", "reason_codes", "properties")
+
+    def __init__(
+        self,
+        packet_id: int,
+        reason_codes: list[int] | None = None,
+        properties: Properties | None = None,
+    ) -> None:
+        self.packet_id = packet_id
+        #: v5 only; a 3.1.1 UNSUBACK has no payload.
+        self.reason_codes = reason_codes if reason_codes is not None else []
+        self.properties = properties if properties is not None else Properties()
+
+
+class Pingreq(_Packet):
+    packet_type = PacketType.PINGREQ
+    __slots__ = ()
+
+
+class Pingresp(_Packet):
+    packet_type = PacketType.PINGRESP
+    __slots__ = ()
+
+
+class Disconnect(_Packet):
+    packet_type = PacketType.DISCONNECT
+    __slots__ = ("reason_code", "properties")
+
+    def __init__(
+        self,
+        reason_code: int = ReasonCode.NORMAL_DISCONNECTION,
+        properties: Properties | None = None,
+    ) -> None:
+        self.reason_code = reason_code
+        self.properties = properties if properties is not None else Properties()
+
+
+class Auth(_Packet):
+    packet_type = PacketType.AUTH
+    __slots__ = ("reason_code", "properties")
+
+    def __init__(
+        self,
+        reason_code: int = ReasonCode.SUCCESS,
+        properties: Properties | None = None,
+    ) -> None:
+        self.reason_code = reason_code
+        self.properties = properties if properties is not None else Properties()
+
+
+Packet = (
+    Connect
+    | Connack
+    | Publish
+    | Puback
+    | Pubrec
+    | Pubrel
+    | Pubcomp
+    | Subscribe
+    | Suback
+    | Unsubscribe
+    | Unsuback
+    | Pingreq
+    | Pingresp
+    | Disconnect
+    | Auth
+)

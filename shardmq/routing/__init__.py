@@ -1,0 +1,1 @@
+"""Pure routing data structures: subscription trie, shared groups, retained store."""

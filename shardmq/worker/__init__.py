@@ -1,0 +1,1 @@
+"""The asyncio side: listeners, connections, the shard's broker."""

@@ -1,0 +1,1093 @@
+"""One client connection: an ``asyncio.Protocol`` on uvloop.
+
+Theory of operation
+-------------------
+``data_received`` feeds the connection's :class:`~shardmq.protocol.codec.Decoder`
+and dispatches each packet to a ``_handle_<packet>`` method. Handlers are
+synchronous; a handler that must await a user hook returns a coroutine, and
+the connection then parks every later packet in ``_backlog`` (and stops
+reading) until that coroutine is done, so packets are processed strictly in
+order and nothing is processed before CONNACK [MQTT-3.1.4-5]. With no hook
+registered, no coroutine or task is ever created.
+
+Output goes through :meth:`write`, which appends to ``_out`` and registers the
+connection with the shard once; the shard flushes every dirty connection once
+per loop iteration (one ``transport.write`` each).
+
+Errors: every protocol problem is an :class:`~shardmq.errors.MQTTError` with its
+reason code; :meth:`fail` is the one place that maps it to a CONNACK (before
+the session exists), a DISCONNECT (v5) or a plain close (3.1.1), and logs it.
+
+One timer per connection: before CONNECT it is the connect timeout, after it
+the keep alive (1.5 times the keep alive [MQTT-3.1.2-22]). It is re-armed only
+when it fires, from the time of the last packet received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from ..errors import (
+    DisconnectError,
+    HookError,
+    MQTTError,
+    ProtocolViolation,
+    UnsupportedProtocolVersion,
+)
+from ..hooks import ClientHandle, Continue, Success
+from ..protocol.codec import Decoder, encode
+from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
+from ..protocol.packets import (
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Pingresp,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+from ..protocol.topics import validate_topic_name
+from .session import Message, Outbound, Session
+from .shard import NEVER_EXPIRES, Shard
+
+log = logging.getLogger("shardmq.connection")
+
+# connection states
+AWAIT_CONNECT = 0
+CONNECTING = 1  # CONNECT received, hooks or AUTH exchange in progress
+CONNECTED = 2
+CLOSED = 3
+
+_WRITE_HIGH_WATER = 256 * 1024
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "shard",
+        "loop",
+        "transport",
+        "decoder",
+        "state",
+        "version",
+        "client_id",
+        "username",
+        "session",
+        "keep_alive",
+        "last_rx",
+        "_timer",
+        "_out",
+        "_dirty",
+        "_backlog",
+        "_task",
+        "peer",
+        "handle",
+        "send_window",
+        "client_max_packet",
+        "client_alias_max",
+        "aliases_in",
+        "aliases_out",
+        "problem_info",
+        "auth_method",
+        "write_paused",
+        "reading_paused",
+        "_send_will",
+        "_taken_over",
+        "_over_limit",
+        "_connect",
+    )
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.loop = shard.loop
+        self.transport: asyncio.Transport | None = None
+        cfg = shard.config
+        self.decoder = Decoder(max_packet_size=cfg.max_packet_size, server=True)
+        self.state = AWAIT_CONNECT
+        self.version = 0
+        self.client_id = ""
+        self.username: str | None = None
+        self.session: Session | None = None
+        self.keep_alive = 0.0
+        self.last_rx = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
+        self._dirty = False
+        self._backlog: list[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.peer: tuple[str, int] | None = None
+        self.handle: ClientHandle | None = None
+        self.send_window = 65535
+        self.client_max_packet = 0  # 0: no limit announced
+        self.client_alias_max = 0
+        self.aliases_in: dict[int, str] = {}
+        self.aliases_out: dict[str, int] = {}
+        self.problem_info = True
+        self.auth_method: str | None = None
+        self.write_paused = False
+        self.reading_paused = False
+        self._send_will = True
+        self._taken_over = False
+        self._over_limit = False
+        #: the CONNECT waiting for its AUTH exchange to finish
+        self._connect: Connect | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        shard = self.shard
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if peer else None
+        limit = shard.config.max_connections
+        if limit and len(shard.connections) >= limit:
+            # answered with CONNACK 0x97/0x89 once the CONNECT tells us the version
+            self._over_limit = True
+        shard.connections.add(self)
+        shard.stats.connections_total += 1
+        self.last_rx = self.loop.time()
+        self._timer = self.loop.call_later(shard.config.connect_timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.last_rx = self.loop.time()
+        self.shard.stats.bytes_received += len(data)
+        try:
+            packets = self.decoder.feed(data)
+        except MQTTError as err:
+            if self.state == AWAIT_CONNECT:
+                self.version = self.decoder.version
+            self.fail(err)
+            return
+        if packets:
+            if self._backlog is not None:
+                self._backlog.extend(packets)
+                return
+            self._process(packets)
+            shard = self.shard
+            if shard.congested and self.state == CONNECTED:
+                shard.pause_reader(self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        shard = self.shard
+        shard.connections.discard(self)
+        shard.paused_readers.discard(self)
+        if self.write_paused:
+            self.write_paused = False
+            shard.writer_resumed()
+        prev = self.state
+        self.state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        session = self.session
+        if session is not None and not self._taken_over:
+            shard.detach(self, session, self._send_will)
+        if prev == CONNECTED:
+            log.debug("client %s disconnected (%s)", self.client_id, exc or "closed")
+            hook = shard.hooks.on_disconnect
+            if hook is not None and self.handle is not None:
+                self.loop.create_task(self._notify(hook, None))
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self.shard.writer_paused()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self.shard.writer_resumed()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and self.state != CLOSED:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and self.state != CLOSED:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- output ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._dirty:
+            self._dirty = True
+            self.shard.mark_dirty(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        out = self._out
+        if not out or self.transport is None:
+            return
+        self._out = []
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.shard.stats.bytes_sent += len(data)
+        transport = self.transport
+        transport.write(data)
+        if self.write_paused:
+            limit = self.shard.config.max_outgoing_buffer
+            if transport.get_write_buffer_size() > limit and self.state != CLOSED:
+                log.warning(
+                    "client %s: outgoing buffer over %d bytes, disconnecting a slow consumer",
+                    self.client_id,
+                    limit,
+                )
+                self.shard.stats.messages_dropped += 1
+                self.state = CLOSED
+                transport.abort()
+
+    def send(self, packet: Any) -> None:
+        self.write(encode(packet, self.version))
+
+    def close(self) -> None:
+        """Flush what is queued and close."""
+        if self.transport is None:
+            return
+        if self._out:
+            self.flush()
+        self.state = CLOSED
+        self.transport.close()
+
+    def fail(self, err: MQTTError) -> None:
+        """End the connection because of ``err``: the one place errors map to packets."""
+        if self.state == CLOSED:
+            return
+        code = err.reason_code
+        log.info(
+            "client %s (%s): closing: %s",
+            self.client_id or "-",
+            self.peer[0] if self.peer else "?",
+            err,
+        )
+        if self.state in (AWAIT_CONNECT, CONNECTING):
+            if isinstance(err, UnsupportedProtocolVersion):
+                # [MQTT-3.1.2-2] answer in the 3.1.1 format
+                self.write(encode(Connack(False, code), MQTT311))
+            elif self.version in (MQTT311, MQTT5):
+                props = None
+                if err.reason_string and self.version == MQTT5 and self.problem_info:
+                    props = Properties(reason_string=err.reason_string)
+                self.send(Connack(False, code, props))
+        elif self.version == MQTT5:
+            props = None
+            if err.reason_string and self.problem_info:
+                props = Properties(reason_string=err.reason_string)
+            self.send(Disconnect(code, props))
+        self.close()
+
+    def take_over(self) -> None:
+        """Another connection claimed this client id [MQTT-3.1.4-3]."""
+        self._taken_over = True
+        if self.version == MQTT5 and self.state == CONNECTED:
+            self.send(Disconnect(ReasonCode.SESSION_TAKEN_OVER))
+        self.session = None
+        self.close()
+
+    def shutdown(self) -> None:
+        """The broker is stopping: v5 clients get DISCONNECT 0x8B."""
+        if self.state == CONNECTED and self.version == MQTT5:
+            self.send(Disconnect(ReasonCode.SERVER_SHUTTING_DOWN))
+        if self.state != CLOSED:
+            self.close()
+
+    # -- timer -------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state == CLOSED:
+            return
+        now = self.loop.time()
+        if self.state != CONNECTED:
+            log.info("connection from %s: no CONNECT in time, closing", self.peer)
+            self.close()
+            return
+        if not self.keep_alive:
+            return
+        deadline = self.last_rx + self.keep_alive
+        if now >= deadline:
+            self.fail(ProtocolViolation(ReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout"))
+            return
+        self._timer = self.loop.call_later(deadline - now, self._on_timer)
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def _process(self, packets: list[Any]) -> None:
+        handlers = _HANDLERS
+        for i, packet in enumerate(packets):
+            if self.state == CLOSED:
+                return
+            try:
+                pending = handlers[packet.packet_type](self, packet)
+            except MQTTError as err:
+                self.fail(err)
+                return
+            if pending is not None:
+                self._backlog = packets[i + 1 :]
+                self.pause_reading()
+                self._task = self.loop.create_task(self._run_blocked(pending))
+                return
+
+    async def _run_blocked(self, pending: Coroutine[Any, Any, None]) -> None:
+        handlers = _HANDLERS
+        try:
+            await pending
+            backlog = self._backlog
+            while backlog and self.state != CLOSED:
+                packet = backlog.pop(0)
+                nxt = handlers[packet.packet_type](self, packet)
+                if nxt is not None:
+                    await nxt
+        except MQTTError as err:
+            self.fail(err)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("client %s: hook failed", self.client_id)
+            self.fail(MQTTError(ReasonCode.UNSPECIFIED_ERROR, "internal error"))
+        finally:
+            self._backlog = None
+            self._task = None
+        if self.state != CLOSED:
+            self.resume_reading()
+
+    async def _notify(self, hook: Any, packet: Any) -> None:
+        try:
+            await hook(self.handle, packet)
+        except DisconnectError as err:
+            self.fail(err)
+        except Exception:
+            log.exception("client %s: hook %s failed", self.client_id, hook)
+
+    async def _decide(self, hook: Any, packet: Any) -> Any:
+        """Run a deciding hook; returns its result, raising HookError on refusal."""
+        result = await hook(self.handle, packet)
+        if result is False:
+            raise HookError(ReasonCode.NOT_AUTHORIZED)
+        return result
+
+    # -- CONNECT -------------------------------------------------------------------
+
+    def _handle_connect(self, packet: Connect) -> Coroutine[Any, Any, None] | None:
+        cfg = self.shard.config
+        self.version = packet.protocol_version
+        self.state = CONNECTING
+        props = packet.properties
+        if self.version == MQTT5:
+            if props.request_problem_information == 0:
+                self.problem_info = False
+            if props.receive_maximum is not None:
+                self.send_window = props.receive_maximum
+            if props.maximum_packet_size is not None:
+                self.client_max_packet = props.maximum_packet_size
+            if props.topic_alias_maximum:
+                self.client_alias_max = props.topic_alias_maximum
+        self.send_window = min(self.send_window, cfg.max_inflight)
+        if self._over_limit:
+            raise MQTTError(ReasonCode.SERVER_BUSY, "too many connections")
+        if self.shard.closing:
+            raise MQTTError(ReasonCode.SERVER_SHUTTING_DOWN)
+        cid = packet.client_id
+        if not cid:
+            if self.version == MQTT311 and not packet.clean_start:
+                # [MQTT-3.1.3-8]
+                raise MQTTError(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+            cid = self.shard.assign_client_id()
+        self.client_id = cid
+        self.username = packet.username
+        will = packet.will
+        if will is not None:
+            validate_topic_name(will.topic)
+            if will.qos > cfg.maximum_qos:
+                raise MQTTError(ReasonCode.QOS_NOT_SUPPORTED, "will QoS not supported")
+            if will.retain and not cfg.retain_available:
+                raise MQTTError(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain not supported")
+        hooks = self.shard.hooks
+        self.handle = ClientHandle(
+            cid,
+            packet.username,
+            self.version,
+            self.peer,
+            self.shard.shard_id,
+            self.shard.broker,
+            self,
+        )
+        if self.version == MQTT5 and props.authentication_method is not None:
+            if hooks.on_auth is None:
+                raise MQTTError(ReasonCode.BAD_AUTHENTICATION_METHOD)
+            self.auth_method = props.authentication_method
+            self._connect = packet
+            return self._auth_round(packet, reauth=False)
+        if not cfg.allow_anonymous and packet.username is None:
+            raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
+        if hooks.on_connect is not None:
+            return self._connect_hook(packet, None)
+        self._accept(packet, None)
+        return None
+
+    async def _connect_hook(self, packet: Connect, auth_data: bytes | None) -> None:
+        hook = self.shard.hooks.on_connect
+        if hook is not None:
+            try:
+                await self._decide(hook, packet)
+            except HookError as err:
+                if isinstance(err, DisconnectError):
+                    raise MQTTError(err.reason_code, err.reason_string) from None
+                raise
+        self._accept(packet, auth_data)
+
+    async def _auth_round(self, packet: Connect | Auth, reauth: bool) -> None:
+        hook = self.shard.hooks.on_auth
+        assert hook is not None
+        try:
+            result = await hook(self.handle, packet)
+        except HookError as err:
+            raise MQTTError(err.reason_code, err.reason_string) from None
+        if result is False or result is None:
+            raise MQTTError(ReasonCode.NOT_AUTHORIZED, "authentication failed")
+        if isinstance(result, Continue):
+            self.send(
+                Auth(
+                    ReasonCode.CONTINUE_AUTHENTICATION,
+                    Properties(
+                        authentication_method=self.auth_method,
+                        authentication_data=result.data,
+                    ),
+                )
+            )
+            return
+        data = result.data if isinstance(result, Success) else None
+        if reauth:
+            self.send(
+                Auth(
+                    ReasonCode.SUCCESS,
+                    Properties(authentication_method=self.auth_method, authentication_data=data),
+                )
+            )
+            return
+        connect = self._connect
+        assert connect is not None
+        await self._connect_hook(connect, data)
+
+    def _accept(self, packet: Connect, auth_data: bytes | None) -> None:
+        """Authentication decided: take over or create the session, send CONNACK."""
+        self._connect = None
+        shard = self.shard
+        cfg = shard.config
+        v5 = self.version == MQTT5
+        props = packet.properties
+        if v5:
+            expiry = props.session_expiry_interval or 0
+        else:
+            expiry = 0 if packet.clean_start else NEVER_EXPIRES
+        server_expiry = min(expiry, cfg.max_session_expiry_interval)
+        session, present = shard.attach(self, packet, server_expiry)
+        self.session = session
+        ka = packet.keep_alive
+        server_ka: int | None = None
+        if cfg.server_keep_alive is not None:
+            server_ka = cfg.server_keep_alive
+        elif ka > cfg.max_keep_alive or (ka == 0 and cfg.max_keep_alive < 65535):
+            server_ka = cfg.max_keep_alive
+        if server_ka is not None:
+            ka = server_ka
+        # keep alive 0 means no timeout [MQTT-3.1.2-21]; otherwise 1.5 times it
+        self.keep_alive = ka * 1.5
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if ka:
+            self._timer = self.loop.call_later(self.keep_alive, self._on_timer)
+        ack_props = None
+        if v5:
+            ack_props = Properties()
+            if server_expiry != expiry:
+                ack_props.session_expiry_interval = server_expiry
+            if cfg.receive_maximum != 65535:
+                ack_props.receive_maximum = cfg.receive_maximum
+            if cfg.maximum_qos < 2:
+                ack_props.maximum_qos = cfg.maximum_qos
+            if not cfg.retain_available:
+                ack_props.retain_available = 0
+            ack_props.maximum_packet_size = cfg.max_packet_size
+            if not packet.client_id:
+                # only when the client sent an empty one [MQTT-3.2.2-16]
+                ack_props.assigned_client_identifier = self.client_id
+            if cfg.topic_alias_maximum:
+                ack_props.topic_alias_maximum = cfg.topic_alias_maximum
+            if not cfg.wildcard_subscription_available:
+                ack_props.wildcard_subscription_available = 0
+            if not cfg.subscription_identifier_available:
+                ack_props.subscription_identifier_available = 0
+            if not cfg.shared_subscription_available:
+                ack_props.shared_subscription_available = 0
+            if server_ka is not None:
+                ack_props.server_keep_alive = server_ka
+            if props.request_response_information and cfg.response_information:
+                ack_props.response_information = cfg.response_information + self.client_id
+            if self.auth_method is not None:
+                ack_props.authentication_method = self.auth_method
+                if auth_data is not None:
+                    ack_props.authentication_data = auth_data
+        self.decoder.max_packet_size = cfg.max_packet_size
+        self.send(Connack(present, ReasonCode.SUCCESS, ack_props))
+        self.state = CONNECTED
+        log.debug(
+            "client %s connected (v%d, session present %s)", self.client_id, self.version, present
+        )
+        if present:
+            self._resend()
+        self._drain()
+
+    # -- outbound messages ----------------------------------------------------------
+
+    def send_message(self, msg: Message, qos: int, retain: bool, ids: list[int] | None) -> None:
+        """Deliver one message to this client (called by the shard's fan-out)."""
+        session = self.session
+        if self.state != CONNECTED or session is None:
+            if session is not None and (qos or session.queue_qos0):
+                session.enqueue((msg, qos, retain, ids))
+            return
+        expiry = None
+        if msg.expiry_at is not None:
+            left = msg.expiry_at - self.loop.time()
+            if left <= 0:
+                return  # expired: never delivered [MQTT-3.3.2-5]
+            expiry = int(left) if left == int(left) else int(left) + 1
+        if qos == 0:
+            transport = self.transport
+            if (
+                self.write_paused
+                and transport is not None
+                and transport.get_write_buffer_size() > self.shard.config.max_outgoing_buffer
+            ):
+                self.shard.stats.messages_dropped += 1
+                return
+            tmpl = msg.template
+            if self.version == MQTT311:
+                data = tmpl.encode_simple(MQTT311, retain)
+            elif ids is None and expiry is None and not self.client_alias_max:
+                data = tmpl.encode_simple(MQTT5, retain)
+            else:
+                data = self._encode(msg, 0, retain, False, 0, ids, expiry)
+                if data is None:
+                    return
+            if self.client_max_packet and len(data) > self.client_max_packet:
+                # [MQTT-3.1.2-25] never send more than the client accepts
+                self.shard.stats.messages_dropped += 1
+                return
+            self.shard.stats.messages_sent += 1
+            self.write(data)
+            return
+        if session.pending or len(session.inflight) >= self.send_window:
+            if not session.enqueue((msg, qos, retain, ids)):
+                self.shard.stats.messages_dropped += 1
+            return
+        self._send_qos(session, msg, qos, retain, ids, expiry)
+
+    def _send_qos(
+        self,
+        session: Session,
+        msg: Message,
+        qos: int,
+        retain: bool,
+        ids: list[int] | None,
+        expiry: int | None,
+    ) -> None:
+        if self.client_max_packet and msg.template.size(self.version, qos) > self.client_max_packet:
+            probe = self._encode(msg, qos, retain, False, 1, ids, expiry, alias=False)
+            if probe is None or len(probe) > self.client_max_packet:
+                self.shard.stats.messages_dropped += 1
+                return
+        pid = session.allocate_packet_id()
+        session.inflight[pid] = Outbound(msg, qos, retain, ids)
+        data = self._encode(msg, qos, retain, False, pid, ids, expiry)
+        if data is not None:
+            self.shard.stats.messages_sent += 1
+            self.write(data)
+
+    def _encode(
+        self,
+        msg: Message,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        pid: int,
+        ids: list[int] | None,
+        expiry: int | None,
+        alias: bool = True,
+    ) -> bytes | None:
+        tmpl = msg.template
+        if self.version == MQTT311:
+            return tmpl.encode(MQTT311, qos, retain, dup, pid, None, 0, True, None)
+        alias_no = 0
+        send_topic = True
+        if alias and self.client_alias_max:
+            aliases = self.aliases_out
+            alias_no = aliases.get(msg.topic, 0)
+            if alias_no:
+                send_topic = False
+            elif len(aliases) < self.client_alias_max:
+                alias_no = len(aliases) + 1
+                aliases[msg.topic] = alias_no
+        return tmpl.encode(MQTT5, qos, retain, dup, pid, ids, alias_no, send_topic, expiry)
+
+    def _resend(self) -> None:
+        """Reconnected to an existing session: resend unacknowledged messages
+        with DUP, and PUBRELs, in their original order [MQTT-4.4.0-1]."""
+        session = self.session
+        assert session is not None
+        now = self.loop.time()
+        for pid, out in list(session.inflight.items()):
+            if out.released:
+                self.send(Pubrel(pid))
+                continue
+            msg = out.message
+            expiry = None
+            if msg.expiry_at is not None:
+                left = msg.expiry_at - now
+                if left <= 0:
+                    # expired while waiting: drop it
+                    del session.inflight[pid]
+                    continue
+                expiry = int(left) + (left != int(left))
+            data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
+            if data is not None:
+                self.shard.stats.messages_sent += 1
+                self.write(data)
+
+    def _drain(self) -> None:
+        """Send queued messages while the client's receive window has room."""
+        session = self.session
+        if session is None or self.state != CONNECTED:
+            return
+        pending = session.pending
+        inflight = session.inflight
+        now = self.loop.time()
+        while pending:
+            msg, qos, retain, ids = pending[0]
+            if qos and len(inflight) >= self.send_window:
+                return
+            pending.popleft()
+            expiry = None
+            if msg.expiry_at is not None:
+                left = msg.expiry_at - now
+                if left <= 0:
+                    continue
+                expiry = int(left) + (left != int(left))
+            if qos == 0:
+                data = self._encode(msg, 0, retain, False, 0, ids, expiry)
+                if data is not None and not (
+                    self.client_max_packet and len(data) > self.client_max_packet
+                ):
+                    self.shard.stats.messages_sent += 1
+                    self.write(data)
+            else:
+                self._send_qos(session, msg, qos, retain, ids, expiry)
+
+    # -- inbound packets ---------------------------------------------------------------
+
+    def _handle_publish(self, packet: Publish) -> Coroutine[Any, Any, None] | None:
+        if self.state != CONNECTED:
+            raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "PUBLISH before CONNACK")
+        shard = self.shard
+        cfg = shard.config
+        props = packet.properties
+        qos = packet.qos
+        if self.version == MQTT5:
+            alias = props.topic_alias
+            if alias is not None:
+                if alias == 0 or alias > cfg.topic_alias_maximum:
+                    # [MQTT-3.3.2-9], [MQTT-3.3.2-10]
+                    raise ProtocolViolation(ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid")
+                if packet.topic:
+                    self.aliases_in[alias] = packet.topic
+                else:
+                    topic = self.aliases_in.get(alias)
+                    if topic is None:
+                        raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "unknown topic alias")
+                    packet.topic = topic
+                props.topic_alias = None
+            if props.subscription_identifiers is not None:
+                # [MQTT-3.3.4-6]
+                raise ProtocolViolation(
+                    ReasonCode.PROTOCOL_ERROR, "subscription identifier in PUBLISH"
+                )
+        if qos > cfg.maximum_qos:
+            raise ProtocolViolation(ReasonCode.QOS_NOT_SUPPORTED, "QoS not supported")
+        if packet.retain and not cfg.retain_available:
+            raise ProtocolViolation(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported")
+        shard.stats.messages_received += 1
+        session = self.session
+        assert session is not None
+        if qos == 2:
+            if packet.packet_id in session.inbound_qos2:
+                # a resend of a message already routed: acknowledge only
+                self.send(Pubrec(packet.packet_id))
+                return None
+            if len(session.inbound_qos2) >= cfg.receive_maximum:
+                raise ProtocolViolation(
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"
+                )
+        hook = shard.hooks.on_publish
+        if hook is not None or packet.topic.startswith("$SYS"):
+            return self._publish_hooked(packet)
+        self._route_publish(packet, ReasonCode.SUCCESS)
+        return None
+
+    async def _publish_hooked(self, packet: Publish) -> None:
+        code = ReasonCode.SUCCESS
+        reason = None
+        if packet.topic.startswith("$SYS"):
+            code, reason = ReasonCode.NOT_AUTHORIZED, "$SYS topics are read-only"
+        else:
+            hook = self.shard.hooks.on_publish
+            try:
+                await self._decide(hook, packet)
+            except DisconnectError:
+                raise
+            except HookError as err:
+                code, reason = err.reason_code, err.reason_string
+        self._route_publish(packet, code, reason)
+
+    def _route_publish(self, packet: Publish, code: int, reason: str | None = None) -> None:
+        qos = packet.qos
+        if code < 0x80:
+            props = packet.properties
+            expiry = props.message_expiry_interval
+            msg = Message(
+                packet.topic,
+                packet.payload,
+                qos,
+                packet.retain,
+                props,
+                self.loop.time() + expiry if expiry is not None else None,
+                self.client_id,
+            )
+            matched = self.shard.publish(msg)
+            if matched == 0 and qos and self.version == MQTT5:
+                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        if qos == 0:
+            return
+        props_out = None
+        if reason is not None and self.version == MQTT5 and self.problem_info:
+            props_out = Properties(reason_string=reason)
+        if qos == 1:
+            self.send(Puback(packet.packet_id, code, props_out))
+        else:
+            if code < 0x80:
+                assert self.session is not None
+                self.session.inbound_qos2.add(packet.packet_id)  # type: ignore[arg-type]
+            self.send(Pubrec(packet.packet_id, code, props_out))
+
+    def _handle_puback(self, packet: Puback) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        session = self.session
+        assert session is not None
+        out = session.inflight.get(packet.packet_id)
+        if out is not None and out.qos == 1:
+            del session.inflight[packet.packet_id]
+            if session.pending:
+                self._drain()
+        hook = self.shard.hooks.on_puback
+        if hook is not None:
+            return self._notify(hook, packet)
+        return None
+
+    def _handle_pubrec(self, packet: Pubrec) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        session = self.session
+        assert session is not None
+        out = session.inflight.get(packet.packet_id)
+        if out is not None and out.qos == 2:
+            if packet.reason_code >= 0x80:
+                # the receiver refused it: the flow ends here [MQTT-4.3.3-?]
+                del session.inflight[packet.packet_id]
+                if session.pending:
+                    self._drain()
+            else:
+                out.released = True
+                self.send(Pubrel(packet.packet_id))
+        elif packet.reason_code < 0x80:
+            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            self.send(Pubrel(packet.packet_id, code if self.version == MQTT5 else 0))
+        hook = self.shard.hooks.on_pubrec
+        if hook is not None:
+            return self._notify(hook, packet)
+        return None
+
+    def _handle_pubrel(self, packet: Pubrel) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        session = self.session
+        assert session is not None
+        hook = self.shard.hooks.on_pubrel
+        if hook is not None:
+            return self._pubrel_hooked(packet)
+        self._complete_pubrel(packet, None, None)
+        return None
+
+    async def _pubrel_hooked(self, packet: Pubrel) -> None:
+        code = None
+        reason = None
+        try:
+            await self._decide(self.shard.hooks.on_pubrel, packet)
+        except DisconnectError:
+            raise
+        except HookError as err:
+            code, reason = err.reason_code, err.reason_string
+        self._complete_pubrel(packet, code, reason)
+
+    def _complete_pubrel(self, packet: Pubrel, code: int | None, reason: str | None) -> None:
+        session = self.session
+        assert session is not None
+        pid = packet.packet_id
+        if pid in session.inbound_qos2:
+            session.inbound_qos2.discard(pid)
+            if code is None:
+                code = ReasonCode.SUCCESS
+        elif code is None:
+            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+        props = None
+        if self.version == MQTT5:
+            if reason and self.problem_info:
+                props = Properties(reason_string=reason)
+        else:
+            code = 0
+        self.send(Pubcomp(pid, code, props))
+
+    def _handle_pubcomp(self, packet: Pubcomp) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        session = self.session
+        assert session is not None
+        out = session.inflight.get(packet.packet_id)
+        if out is not None and out.qos == 2:
+            del session.inflight[packet.packet_id]
+            if session.pending:
+                self._drain()
+        hook = self.shard.hooks.on_pubcomp
+        if hook is not None:
+            return self._notify(hook, packet)
+        return None
+
+    def _handle_subscribe(self, packet: Subscribe) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        ids = packet.properties.subscription_identifiers
+        if ids and not self.shard.config.subscription_identifier_available:
+            raise ProtocolViolation(ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+        for sub in packet.subscriptions:
+            if sub.no_local and sub.topic_filter.startswith("$share/"):
+                # [MQTT-3.8.3-4]
+                raise ProtocolViolation(
+                    ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription"
+                )
+        hook = self.shard.hooks.on_subscribe
+        if hook is not None:
+            return self._subscribe_hooked(packet)
+        self._subscribe(packet, None)
+        return None
+
+    async def _subscribe_hooked(self, packet: Subscribe) -> None:
+        verdicts: list[Any] | None
+        try:
+            result = await self.shard.hooks.on_subscribe(self.handle, packet)  # type: ignore[misc]
+        except DisconnectError:
+            raise
+        except HookError as err:
+            verdicts = [err.reason_code] * len(packet.subscriptions)
+        else:
+            if result is False:
+                verdicts = [ReasonCode.NOT_AUTHORIZED] * len(packet.subscriptions)
+            elif isinstance(result, list | tuple):
+                verdicts = list(result)
+            else:
+                verdicts = None
+        self._subscribe(packet, verdicts)
+
+    def _subscribe(self, packet: Subscribe, verdicts: list[Any] | None) -> None:
+        session = self.session
+        assert session is not None
+        shard = self.shard
+        ids = packet.properties.subscription_identifiers
+        identifier = ids[0] if ids else None
+        codes: list[int] = []
+        retained: list[tuple[Message, int, list[int] | None, bool]] = []
+        for i, sub in enumerate(packet.subscriptions):
+            qos = sub.qos
+            if verdicts is not None and i < len(verdicts):
+                v = verdicts[i]
+                if v is False:
+                    codes.append(ReasonCode.NOT_AUTHORIZED)
+                    continue
+                if v is not True and v is not None:
+                    v = int(v)
+                    if v >= 0x80:
+                        codes.append(v)
+                        continue
+                    qos = min(qos, v)
+            code, msgs = shard.subscribe(
+                session,
+                sub.topic_filter,
+                qos,
+                sub.no_local,
+                sub.retain_as_published,
+                sub.retain_handling,
+                identifier,
+            )
+            codes.append(code)
+            if code < 0x80:
+                for m in msgs:
+                    retained.append(
+                        (m, min(code, m.qos), None if identifier is None else [identifier], True)
+                    )
+        if self.version == MQTT311:
+            codes = [c if c < 0x80 else 0x80 for c in codes]
+        self.send(Suback(packet.packet_id, codes))
+        # retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9]
+        for m, qos, sids, retain in retained:
+            self.send_message(m, qos, retain, sids)
+
+    def _handle_unsubscribe(self, packet: Unsubscribe) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        hook = self.shard.hooks.on_unsubscribe
+        if hook is not None:
+            return self._unsubscribe_hooked(packet)
+        self._unsubscribe(packet, None)
+        return None
+
+    async def _unsubscribe_hooked(self, packet: Unsubscribe) -> None:
+        verdicts: list[Any] | None = None
+        try:
+            result = await self.shard.hooks.on_unsubscribe(self.handle, packet)  # type: ignore[misc]
+        except DisconnectError:
+            raise
+        except HookError as err:
+            verdicts = [err.reason_code] * len(packet.topic_filters)
+        else:
+            if result is False:
+                verdicts = [ReasonCode.NOT_AUTHORIZED] * len(packet.topic_filters)
+            elif isinstance(result, list | tuple):
+                verdicts = list(result)
+        self._unsubscribe(packet, verdicts)
+
+    def _unsubscribe(self, packet: Unsubscribe, verdicts: list[Any] | None) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        for i, f in enumerate(packet.topic_filters):
+            if verdicts is not None and i < len(verdicts):
+                v = verdicts[i]
+                if v is False:
+                    codes.append(ReasonCode.NOT_AUTHORIZED)
+                    continue
+                if v is not True and v is not None and int(v) >= 0x80:
+                    codes.append(int(v))
+                    continue
+            codes.append(self.shard.unsubscribe(session, f))
+        self.send(Unsuback(packet.packet_id, codes))
+
+    def _handle_pingreq(self, packet: Any) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        self.write(_PINGRESP)
+        hook = self.shard.hooks.on_ping
+        if hook is not None:
+            return self._notify(hook, packet)
+        return None
+
+    def _handle_disconnect(self, packet: Disconnect) -> Coroutine[Any, Any, None] | None:
+        self._require_connected()
+        session = self.session
+        code = packet.reason_code
+        if self.version == MQTT5 and session is not None:
+            new_expiry = packet.properties.session_expiry_interval
+            if new_expiry is not None:
+                if session.expiry_interval == 0 and new_expiry != 0:
+                    # [MQTT-3.14.2-2]
+                    raise ProtocolViolation(
+                        ReasonCode.PROTOCOL_ERROR, "session expiry set on DISCONNECT"
+                    )
+                session.expiry_interval = min(
+                    new_expiry, self.shard.config.max_session_expiry_interval
+                )
+        # 0x04 asks for the will; any other normal DISCONNECT discards it [MQTT-3.14.4-3]
+        self._send_will = code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        hook = self.shard.hooks.on_disconnect
+        if hook is not None:
+            h = self.handle
+            self.loop.create_task(_call_quietly(hook, h, packet))
+            self.handle = None  # connection_lost must not notify twice
+        self.close()
+        return None
+
+    def _handle_auth(self, packet: Auth) -> Coroutine[Any, Any, None] | None:
+        if self.version != MQTT5:
+            raise ProtocolViolation(ReasonCode.MALFORMED_PACKET)
+        method = packet.properties.authentication_method
+        if self.auth_method is None or method != self.auth_method:
+            # [MQTT-4.12.0-5] / [MQTT-4.12.1-1]
+            raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "authentication method mismatch")
+        code = packet.reason_code
+        if self.state == CONNECTING:
+            if code != ReasonCode.CONTINUE_AUTHENTICATION:
+                raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
+            return self._auth_round(packet, reauth=False)
+        if self.state == CONNECTED:
+            if code not in (ReasonCode.RE_AUTHENTICATE, ReasonCode.CONTINUE_AUTHENTICATION):
+                raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
+            return self._auth_round(packet, reauth=True)
+        raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
+
+    def _handle_unexpected(self, packet: Any) -> None:
+        raise ProtocolViolation(
+            ReasonCode.PROTOCOL_ERROR, f"unexpected {PacketType(packet.packet_type).name}"
+        )
+
+    def _require_connected(self) -> None:
+        if self.state != CONNECTED:
+            raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "packet before CONNACK")
+
+
+async def _call_quietly(hook: Any, handle: Any, packet: Any) -> None:
+    try:
+        await hook(handle, packet)
+    except Exception:
+        log.exception("hook %s failed", hook)
+
+
+_PINGRESP = encode(Pingresp(), MQTT5)
+
+_HANDLERS: dict[int, Any] = {
+    PacketType.CONNECT: Connection._handle_connect,
+    PacketType.PUBLISH: Connection._handle_publish,
+    PacketType.PUBACK: Connection._handle_puback,
+    PacketType.PUBREC: Connection._handle_pubrec,
+    PacketType.PUBREL: Connection._handle_pubrel,
+    PacketType.PUBCOMP: Connection._handle_pubcomp,
+    PacketType.SUBSCRIBE: Connection._handle_subscribe,
+    PacketType.UNSUBSCRIBE: Connection._handle_unsubscribe,
+    PacketType.PINGREQ: Connection._handle_pingreq,
+    PacketType.DISCONNECT: Connection._handle_disconnect,
+    PacketType.AUTH: Connection._handle_auth,
+    PacketType.CONNACK: Connection._handle_unexpected,
+    PacketType.SUBACK: Connection._handle_unexpected,
+    PacketType.UNSUBACK: Connection._handle_unexpected,
+    PacketType.PINGRESP: Connection._handle_unexpected,
+}

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import BrokerThread, Client
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Callable[..., BrokerThread]]:
+    """Start brokers with custom settings; hooks may be registered through ``setup``."""
+    started: list[BrokerThread] = []
+
+    def factory(setup: Callable[[Any], None] | None = None, **settings: Any) -> BrokerThread:
+        bt = BrokerThread(**settings)
+        if setup is not None:
+            setup(bt.broker)
+        bt.start()
+        started.append(bt)
+        return bt
+
+    yield factory
+    for bt in started:
+        bt.stop()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., BrokerThread]) -> BrokerThread:
+    return make_broker()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Client]]:
+    """Create paho clients that are disconnected at the end of the test."""
+    made: list[Client] = []
+
+    def factory(port: int, **kwargs: Any) -> Client:
+        c = Client(port, **kwargs)
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        try:
+            c.paho.disconnect()
+        except Exception:
+            pass
+        c.paho.loop_stop()
+
+
+@pytest.fixture(params=[5, 4], ids=["v5", "v311"])
+def version(request: pytest.FixtureRequest) -> int:
+    return int(request.param)

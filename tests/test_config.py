@@ -1,0 +1,310 @@
+"""Settings: defaults, the four sources and their precedence, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import pytest
+
+from shardmq.config import FIELD_TYPES, Config, env_var, load_config
+from shardmq.errors import ConfigError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "shardmq.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- defaults and sources --------------------------------------------------------
+
+
+def test_defaults_with_no_sources() -> None:
+    config = load_config(env={})
+    assert config == Config()
+    assert config.host == "0.0.0.0"
+    assert config.port == 1883
+    assert config.workers == 1
+    assert config.store == "memory"
+    assert config.server_keep_alive is None
+
+
+def test_toml_file_values(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+        host = "127.0.0.1"
+        port = 1884
+        connect_timeout = 5          # an int is fine for a float setting
+        retain_available = false
+        log_level = "DEBUG"
+        app = "myapp.hooks:setup"
+        """,
+    )
+    config = load_config(config_file=path, env={})
+    assert config.host == "127.0.0.1"
+    assert config.port == 1884
+    assert config.connect_timeout == 5.0
+    assert isinstance(config.connect_timeout, float)
+    assert config.retain_available is False
+    assert config.log_level == "debug"
+    assert config.app == "myapp.hooks:setup"
+    assert config.workers == 1  # untouched settings keep their defaults
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = 1885\n")
+    config = load_config(env={"SHARDMQ_CONFIG": str(path)})
+    assert config.port == 1885
+
+
+def test_explicit_config_file_beats_shardmq_config(tmp_path: Path) -> None:
+    chosen = write_toml(tmp_path, "port = 1886\n")
+    other = tmp_path / "other.toml"
+    other.write_text("port = 1887\n")
+    config = load_config(config_file=str(chosen), env={"SHARDMQ_CONFIG": str(other)})
+    assert config.port == 1886
+
+
+def test_env_overrides_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = 1884\nmax_connections = 10\n")
+    config = load_config(config_file=path, env={"SHARDMQ_PORT": "1999"})
+    assert config.port == 1999
+    assert config.max_connections == 10
+
+
+def test_flags_override_env_and_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = 1884\nworkers = 2\nsys_interval = 3\n")
+    env = {"SHARDMQ_PORT": "1999", "SHARDMQ_WORKERS": "3"}
+    config = load_config({"port": 2000}, config_file=path, env=env)
+    assert config.port == 2000
+    assert config.workers == 3
+    assert config.sys_interval == 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("max_connections", "100", 100),
+        ("max_connections", " 7 ", 7),
+        ("connect_timeout", "2.5", 2.5),
+        ("host", "::1", "::1"),
+        ("response_information", "", ""),
+        ("server_keep_alive", "30", 30),
+        ("server_keep_alive", "", None),
+        ("server_keep_alive", "None", None),
+        ("app", "none", None),
+        ("app", "pkg.mod:attr", "pkg.mod:attr"),
+        ("retain_available", "0", False),
+        ("retain_available", "false", False),
+        ("retain_available", "No", False),
+        ("retain_available", "off", False),
+        ("queue_qos0_offline", "1", True),
+        ("queue_qos0_offline", "TRUE", True),
+        ("queue_qos0_offline", "yes", True),
+        ("queue_qos0_offline", "on", True),
+    ],
+)
+def test_env_values_are_parsed_by_type(name: str, text: str, expected: object) -> None:
+    config = load_config(env={env_var(name): text})
+    assert getattr(config, name) == expected
+    assert type(getattr(config, name)) is type(expected)
+
+
+def test_unrelated_shardmq_variables_are_ignored() -> None:
+    assert load_config(env={"SHARDMQ_TEST_REDIS_URL": "redis://x"}) == Config()
+
+
+def test_every_field_has_an_env_var() -> None:
+    for field in dataclasses.fields(Config):
+        assert env_var(field.name) == "SHARDMQ_" + field.name.upper()
+
+
+# -- validation ---------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("port", -1),
+    ("port", 65536),
+    ("port", 70000),
+    ("workers", 0),
+    ("max_connections", -1),
+    ("connect_timeout", 0),
+    ("connect_timeout", -1.5),
+    ("connect_timeout", float("nan")),
+    ("connect_timeout", float("inf")),
+    ("max_packet_size", 0),
+    ("max_packet_size", 127),
+    ("max_packet_size", 268_435_461),
+    ("receive_maximum", 0),
+    ("receive_maximum", 65536),
+    ("max_inflight", 0),
+    ("max_inflight", 65536),
+    ("topic_alias_maximum", -1),
+    ("topic_alias_maximum", 65536),
+    ("maximum_qos", -1),
+    ("maximum_qos", 3),
+    ("max_keep_alive", -1),
+    ("max_keep_alive", 65536),
+    ("server_keep_alive", -1),
+    ("server_keep_alive", 65536),
+    ("max_session_expiry_interval", -1),
+    ("max_session_expiry_interval", 0x1_0000_0000),
+    ("max_queued_messages", -1),
+    ("queue_drop_policy", "random"),
+    ("sys_interval", -1),
+    ("store", "redis"),
+    ("store", "sqlite"),
+    ("log_level", "verbose"),
+    ("max_outgoing_buffer", 0),
+    ("max_incoming_buffer", 0),
+    ("app", "no_colon"),
+    ("app", ":attr"),
+    # wrong types
+    ("port", "1883"),
+    ("port", 1883.0),
+    ("port", True),
+    ("workers", None),
+    ("max_connections", "abc"),
+    ("connect_timeout", "10"),
+    ("connect_timeout", False),
+    ("retain_available", 1),
+    ("retain_available", "yes"),
+    ("host", 127),
+    ("log_level", 10),
+    ("server_keep_alive", "30"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_value_built_directly_names_the_setting(name: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(**{name: value})  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith(f"{name}: ")
+    assert info.value.setting == name
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_flag_names_the_setting_and_the_flag(name: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({name: value}, env={})
+    assert str(info.value).startswith(f"{name}: ")
+    assert str(info.value).endswith("(from --" + name.replace("_", "-") + ")")
+
+
+def test_replace_is_validated_too() -> None:
+    with pytest.raises(ConfigError, match=r"^workers: "):
+        dataclasses.replace(Config(), workers=0)
+
+
+def test_store_error_mentions_redis_is_planned() -> None:
+    with pytest.raises(ConfigError, match="redis' is planned"):
+        Config(store="redis")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("port", 0), ("port", 65535), ("max_packet_size", 128), ("max_packet_size", 268_435_460)],
+)
+def test_edge_values_are_accepted(name: str, value: int) -> None:
+    assert getattr(Config(**{name: value}), name) == value  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("max_connections", "abc"),
+        ("max_connections", ""),
+        ("port", "1883.5"),
+        ("port", "99999"),
+        ("connect_timeout", "soon"),
+        ("retain_available", "maybe"),
+        ("server_keep_alive", "forever"),
+        ("workers", "0"),
+    ],
+)
+def test_bad_env_value_names_the_setting_and_the_variable(name: str, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={env_var(name): text})
+    assert str(info.value).startswith(f"{name}: ")
+    assert str(info.value).endswith(f"(from {env_var(name)})")
+
+
+def test_bad_toml_value_names_the_setting_and_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'port = "1883"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path, env={})
+    assert str(info.value).startswith("port: expected an integer")
+    assert str(path) in str(info.value)
+
+
+def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = 1884\nmax_conections = 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path, env={})
+    message = str(info.value)
+    assert message.startswith("max_conections: unknown setting")
+    assert str(path) in message
+    assert "max_connections" in message  # the suggestion
+
+
+def test_tables_are_not_settings(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[broker]\nport = 1884\n")
+    with pytest.raises(ConfigError, match=r"^broker: unknown setting"):
+        load_config(config_file=path, env={})
+
+
+def test_unknown_flag_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^prot: unknown setting"):
+        load_config({"prot": 1}, env={})
+
+
+def test_bad_toml_syntax_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = \n[[[\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path, env={})
+    message = str(info.value)
+    assert message.startswith(f"config: {path}: invalid TOML")
+    assert "\n" not in message
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"^config: .*nope\.toml: no such file"):
+        load_config(config_file=path, env={})
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'host = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"^config: .*latin1\.toml: "):
+        load_config(config_file=path, env={})
+
+
+# -- shape ---------------------------------------------------------------------------
+
+
+def test_config_is_frozen_and_pickles() -> None:
+    config = Config(port=1999)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_every_field_type_is_supported() -> None:
+    assert set(FIELD_TYPES) == {field.name for field in dataclasses.fields(Config)}
+
+
+def test_readme_documents_every_setting() -> None:
+    text = README.read_text(encoding="utf-8")
+    missing = [
+        field.name
+        for field in dataclasses.fields(Config)
+        if f"`{field.name}`" not in text or f"`{env_var(field.name)}`" not in text
+    ]
+    assert not missing, f"README configuration reference lacks {missing}"
