@@ -8,10 +8,12 @@ holding at most one partial packet, and an offset walk over the bytes at
 hand:
 
 * Fast path: when nothing is buffered, the walk runs straight over ``data``
-  and only the incomplete tail (if any) is copied into the buffer.
-* Slow path: the chunk is appended to the buffer; if the fixed header already
-  told us how many bytes the pending packet needs and they are not all here,
-  ``feed`` returns at once without re-parsing. Otherwise the walk runs over a
+  and only the incomplete tail (if any) is copied into the buffer. A buffered
+  fragment of a fixed header (at most 4 bytes) is simply joined to ``data``
+  first.
+* Slow path: a packet whose fixed header has been read is pending. The chunk
+  is appended to the buffer; while the packet is still incomplete ``feed``
+  returns at once without re-parsing. Otherwise the walk runs over a
   ``memoryview`` of the buffer and the consumed prefix is deleted once.
 
 The size limit is enforced as soon as a fixed header is complete, so an
@@ -238,7 +240,7 @@ def _properties(buf: Buffer, p: int, end: int, slot: int) -> tuple[Properties, i
     pend = p + length
     if pend > end:
         raise MalformedPacket(_MALFORMED, "property length runs past the packet")
-    props = Properties()
+    props = _new_properties()
     while p < pend:
         pid = buf[p]
         p += 1
@@ -304,13 +306,21 @@ def _properties(buf: Buffer, p: int, end: int, slot: int) -> tuple[Properties, i
     return props, p
 
 
+#: ``Properties()`` with straight-line slot stores (see packets.py).
+_new_properties = Properties
+
+
+def _properties_empty(props: Properties) -> bool:
+    return not props
+
+
 def encode_properties(props: Properties | None) -> bytes:
     """A property block with its length prefix; ``b"\\x00"`` when nothing is set.
 
     User properties are written in list order, repeated keys included; each
     subscription identifier becomes its own 0x0B property.
     """
-    if props is None:
+    if props is None or _properties_empty(props):
         return b"\x00"
     parts: list[bytes] = []
     for pid, name, ptype in _ENCODE_ORDER:
@@ -333,8 +343,6 @@ def encode_properties(props: Properties | None) -> bytes:
         else:
             for key, val in value:
                 parts.append(bytes((pid,)) + encode_string(key) + encode_string(val))
-    if not parts:
-        return b"\x00"
     body = b"".join(parts)
     return encode_varint(len(body)) + body
 
@@ -444,7 +452,9 @@ def _check_code(code: int, allowed: frozenset[int], what: str) -> int:
 #: checked separately.
 _FLAGS = (0, 0, 0, 0, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
 #: Packets only a server sends; a server receiving one is a Protocol Error.
-_SERVER_ONLY = frozenset({PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK, 13})
+_SERVER_ONLY = frozenset(
+    {PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK, PacketType.PINGRESP}
+)
 
 _PUBLISH = PacketType.PUBLISH
 _SUBSCRIBE = PacketType.SUBSCRIBE
@@ -491,25 +501,32 @@ class Decoder:
         """
         out: list[Packet] = []
         buf = self._buf
-        if not buf:
-            if not data:
+        if buf:
+            need = self._need
+            if need:
+                # A packet whose size is known is pending: collect its body.
+                buf += data
+                if len(buf) < need:
+                    if need > self.max_packet_size:
+                        raise PacketTooLarge(reason_string=f"packet of {need} bytes")
+                    return out
+                view = memoryview(buf)
+                try:
+                    pos = self._walk(view, out)
+                finally:
+                    view.release()
+                del buf[:pos]
                 return out
-            pos = self._walk(data, out)
-            if pos < len(data):
-                buf += memoryview(data)[pos:]
+            # Only part of a fixed header (at most 4 bytes) is buffered: join it
+            # to the new data and take the fast path, so an oversized packet is
+            # refused before any of its body is buffered.
+            data = bytes(buf) + data
+            buf.clear()
+        if not data:
             return out
-        buf += data
-        need = self._need
-        if len(buf) < need:
-            if need > self.max_packet_size:
-                raise PacketTooLarge(reason_string=f"packet of {need} bytes")
-            return out
-        view = memoryview(buf)
-        try:
-            pos = self._walk(view, out)
-        finally:
-            view.release()
-        del buf[:pos]
+        pos = self._walk(data, out)
+        if pos < len(data):
+            buf += memoryview(data)[pos:]
         return out
 
     def _walk(self, view: Buffer, out: list[Packet]) -> int:
@@ -585,28 +602,25 @@ class Decoder:
             if not packet_id:
                 raise ProtocolViolation(reason_string="packet identifier 0 [MQTT-2.2.1-3]")
             p += 2
-        props: Properties | None = None
         if self.version == MQTT5:
             if p >= end:
                 raise MalformedPacket(_MALFORMED, "missing property length")
             if view[p] == 0:
                 p += 1
-                if not topic:
-                    raise ProtocolViolation(
-                        reason_string="empty topic without topic alias [MQTT-3.3.2-1]"
-                    )
+                props = _new_properties()
             else:
                 props, p = _properties(view, p, end, _PUBLISH)
-                if not topic and props.topic_alias is None:
-                    raise ProtocolViolation(
-                        reason_string="empty topic without topic alias [MQTT-3.3.2-1]"
-                    )
                 if self.server and props.subscription_identifiers is not None:
                     raise ProtocolViolation(
                         reason_string="subscription identifier from a client [MQTT-3.3.4-6]"
                     )
-        elif not topic:
-            raise ProtocolViolation(_TOPIC_NAME_INVALID, "empty topic name [MQTT-4.7.3-1]")
+            if not topic and props.topic_alias is None:
+                # spec 3.3.2.1: a zero length Topic Name needs a Topic Alias
+                raise ProtocolViolation(reason_string="empty topic without topic alias")
+        else:
+            props = _new_properties()
+            if not topic:
+                raise ProtocolViolation(_TOPIC_NAME_INVALID, "empty topic name [MQTT-4.7.3-1]")
         if "+" in topic or "#" in topic:
             raise ProtocolViolation(_TOPIC_NAME_INVALID, "wildcard in topic name [MQTT-3.3.2-2]")
         return Publish(topic, bytes(view[p:end]), qos, bool(b0 & 1), bool(b0 & 8), packet_id, props)
@@ -626,7 +640,7 @@ class Decoder:
             raise ProtocolViolation(reason_string="protocol version unknown: no CONNECT yet")
         elif self.server and ptype in _SERVER_ONLY:
             raise ProtocolViolation(
-                reason_string=f"{PacketType(ptype).name} sent to a server [MQTT-2.1.2]"
+                reason_string=f"{PacketType(ptype).name} sent to a server (spec 2.1.2)"
             )
         if ptype == PacketType.PUBLISH:
             return self._publish(b0, view, p, end)
@@ -669,7 +683,7 @@ class Decoder:
         has_username = flags & 0x80
         if has_password and not has_username and not v5:
             raise MalformedPacket(_MALFORMED, "password without user name [MQTT-3.1.2-22]")
-        props: Properties | None = None
+        props = _new_properties()
         if v5:
             props, p = _properties(view, p, end, PacketType.CONNECT)
             if props.authentication_data is not None and props.authentication_method is None:
@@ -677,7 +691,7 @@ class Decoder:
         client_id, p = _string(view, p, end)
         will: Will | None = None
         if will_flag:
-            will_props: Properties | None = None
+            will_props = _new_properties()
             if v5:
                 will_props, p = _properties(view, p, end, WILL)
             will_topic, p = _string(view, p, end)
@@ -714,7 +728,7 @@ class Decoder:
         p += 2
         if ack_flags & 0xFE:
             raise MalformedPacket(_MALFORMED, "CONNACK reserved flags set [MQTT-3.2.2-1]")
-        props: Properties | None = None
+        props = _new_properties()
         if self.version == MQTT5:
             _check_code(code, _CONNACK_CODES, "CONNACK")
             props, p = _properties(view, p, end, PacketType.CONNACK)
@@ -731,7 +745,7 @@ class Decoder:
         pid = _packet_id(view, p, end)
         p += 2
         code: int = ReasonCode.SUCCESS
-        props: Properties | None = None
+        props = _new_properties()
         # [MQTT-3.4.2.1] v5: reason code omitted when the remaining length is 2
         if self.version == MQTT5 and p < end:
             code = _check_code(view[p], _ACK_CODES[ptype], PacketType(ptype).name)
@@ -747,7 +761,7 @@ class Decoder:
         pid = _packet_id(view, p, end)
         p += 2
         v5 = self.version == MQTT5
-        props: Properties | None = None
+        props = _new_properties()
         if v5:
             props, p = _properties(view, p, end, _SUBSCRIBE)
             ids = props.subscription_identifiers
@@ -786,7 +800,7 @@ class Decoder:
     def _suback(self, _ptype: int, view: Buffer, p: int, end: int) -> Suback:
         pid = _packet_id(view, p, end)
         p += 2
-        props: Properties | None = None
+        props = _new_properties()
         if self.version == MQTT5:
             props, p = _properties(view, p, end, PacketType.SUBACK)
             allowed = _SUBACK_CODES
@@ -798,7 +812,7 @@ class Decoder:
     def _unsubscribe(self, _ptype: int, view: Buffer, p: int, end: int) -> Unsubscribe:
         pid = _packet_id(view, p, end)
         p += 2
-        props: Properties | None = None
+        props = _new_properties()
         if self.version == MQTT5:
             props, p = _properties(view, p, end, PacketType.UNSUBSCRIBE)
         filters: list[str] = []
@@ -814,7 +828,7 @@ class Decoder:
     def _unsuback(self, _ptype: int, view: Buffer, p: int, end: int) -> Unsuback:
         pid = _packet_id(view, p, end)
         p += 2
-        props: Properties | None = None
+        props = _new_properties()
         codes: list[int] = []
         if self.version == MQTT5:
             props, p = _properties(view, p, end, PacketType.UNSUBACK)
@@ -830,7 +844,7 @@ class Decoder:
 
     def _disconnect(self, ptype: int, view: Buffer, p: int, end: int) -> Packet:
         code: int = ReasonCode.SUCCESS
-        props: Properties | None = None
+        props = _new_properties()
         # v5 3.14.2.1 / 3.15.2.1: remaining length 0 means Success, no properties
         if self.version == MQTT5 and p < end:
             allowed = _DISCONNECT_CODES if ptype == PacketType.DISCONNECT else _AUTH_CODES
@@ -842,11 +856,7 @@ class Decoder:
             raise MalformedPacket(_MALFORMED, "trailing bytes in DISCONNECT/AUTH")
         if ptype == PacketType.DISCONNECT:
             return Disconnect(code, props)
-        if (
-            props is not None
-            and props.authentication_data is not None
-            and props.authentication_method is None
-        ):
+        if props.authentication_data is not None and props.authentication_method is None:
             raise ProtocolViolation(reason_string="authentication data without method")
         return Auth(code, props)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from .codec import encode_properties, encode_varint
 from .packets import Properties
 
-_PAYLOAD_FORMAT = 0x01
 _EXPIRY = 0x02
 _SUB_ID = 0x0B
 _ALIAS = 0x23
@@ -28,7 +27,13 @@ def _common_properties(props: Properties | None) -> bytes:
     Topic alias and subscription identifiers are per connection and message
     expiry is rewritten on each forward [MQTT-3.3.2-6], so they are left out.
     """
-    if props is None:
+    if props is None or (
+        props.user_properties is None
+        and props.correlation_data is None
+        and props.response_topic is None
+        and props.content_type is None
+        and props.payload_format_indicator is None
+    ):
         return b""
     common = Properties(
         payload_format_indicator=props.payload_format_indicator,
@@ -37,8 +42,6 @@ def _common_properties(props: Properties | None) -> bytes:
         correlation_data=props.correlation_data,
         user_properties=props.user_properties,
     )
-    if not common:
-        return b""
     encoded = encode_properties(common)
     # strip the variable byte integer length prefix
     i = 0

@@ -283,6 +283,8 @@ class Connection(asyncio.Protocol):
             if isinstance(err, UnsupportedProtocolVersion):
                 # [MQTT-3.1.2-2] answer in the 3.1.1 format
                 self.write(encode(Connack(False, code), MQTT311))
+            elif self.version == MQTT311 and self.state == AWAIT_CONNECT:
+                pass  # a malformed 3.1.1 CONNECT gets no CONNACK [MQTT-3.1.4-1]
             elif self.version in (MQTT311, MQTT5):
                 props = None
                 if err.reason_string and self.version == MQTT5 and self.problem_info:
@@ -589,9 +591,7 @@ class Connection(asyncio.Protocol):
                 data = tmpl.encode_simple(MQTT5, retain)
             else:
                 data = self._encode(msg, 0, retain, False, 0, ids, expiry)
-                if data is None:
-                    return
-            if self.client_max_packet and len(data) > self.client_max_packet:
+            if data is None or (self.client_max_packet and len(data) > self.client_max_packet):
                 # [MQTT-3.1.2-25] never send more than the client accepts
                 self.shard.stats.messages_dropped += 1
                 return
@@ -613,17 +613,15 @@ class Connection(asyncio.Protocol):
         ids: list[int] | None,
         expiry: int | None,
     ) -> None:
-        if self.client_max_packet and msg.template.size(self.version, qos) > self.client_max_packet:
-            probe = self._encode(msg, qos, retain, False, 1, ids, expiry, alias=False)
-            if probe is None or len(probe) > self.client_max_packet:
-                self.shard.stats.messages_dropped += 1
-                return
         pid = session.allocate_packet_id()
-        session.inflight[pid] = Outbound(msg, qos, retain, ids)
         data = self._encode(msg, qos, retain, False, pid, ids, expiry)
-        if data is not None:
-            self.shard.stats.messages_sent += 1
-            self.write(data)
+        if data is None:
+            # too large for this client: discarded as if delivered [MQTT-3.1.2-25]
+            self.shard.stats.messages_dropped += 1
+            return
+        session.inflight[pid] = Outbound(msg, qos, retain, ids)
+        self.shard.stats.messages_sent += 1
+        self.write(data)
 
     def _encode(
         self,
@@ -634,22 +632,31 @@ class Connection(asyncio.Protocol):
         pid: int,
         ids: list[int] | None,
         expiry: int | None,
-        alias: bool = True,
     ) -> bytes | None:
+        """Encode one delivery for this client; None when it exceeds the
+        client's Maximum Packet Size (a topic alias is only kept when sent)."""
         tmpl = msg.template
+        limit = self.client_max_packet
         if self.version == MQTT311:
-            return tmpl.encode(MQTT311, qos, retain, dup, pid, None, 0, True, None)
+            data = tmpl.encode(MQTT311, qos, retain, dup, pid, None, 0, True, None)
+            return None if limit and len(data) > limit else data
         alias_no = 0
         send_topic = True
-        if alias and self.client_alias_max:
+        new_alias = False
+        if self.client_alias_max:
             aliases = self.aliases_out
             alias_no = aliases.get(msg.topic, 0)
             if alias_no:
                 send_topic = False
             elif len(aliases) < self.client_alias_max:
                 alias_no = len(aliases) + 1
-                aliases[msg.topic] = alias_no
-        return tmpl.encode(MQTT5, qos, retain, dup, pid, ids, alias_no, send_topic, expiry)
+                new_alias = True
+        data = tmpl.encode(MQTT5, qos, retain, dup, pid, ids, alias_no, send_topic, expiry)
+        if limit and len(data) > limit:
+            return None
+        if new_alias:
+            self.aliases_out[msg.topic] = alias_no
+        return data
 
     def _resend(self) -> None:
         """Reconnected to an existing session: resend unacknowledged messages
@@ -671,7 +678,9 @@ class Connection(asyncio.Protocol):
                     continue
                 expiry = int(left) + (left != int(left))
             data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
-            if data is not None:
+            if data is None:
+                del session.inflight[pid]
+            else:
                 self.shard.stats.messages_sent += 1
                 self.write(data)
 
@@ -696,9 +705,7 @@ class Connection(asyncio.Protocol):
                 expiry = int(left) + (left != int(left))
             if qos == 0:
                 data = self._encode(msg, 0, retain, False, 0, ids, expiry)
-                if data is not None and not (
-                    self.client_max_packet and len(data) > self.client_max_packet
-                ):
+                if data is not None:
                     self.shard.stats.messages_sent += 1
                     self.write(data)
             else:
@@ -1013,6 +1020,10 @@ class Connection(asyncio.Protocol):
         return None
 
     def _handle_disconnect(self, packet: Disconnect) -> Coroutine[Any, Any, None] | None:
+        if self.state == CONNECTING and self.auth_method is not None:
+            # the client abandons the AUTH exchange (spec 4.12): nothing to undo
+            self.close()
+            return None
         self._require_connected()
         session = self.session
         code = packet.reason_code
