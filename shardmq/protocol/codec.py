@@ -429,6 +429,35 @@ _ACK_CODES: dict[int, frozenset[int]] = {
     PacketType.PUBCOMP: _PUBREL_CODES,
 }
 
+_CODES_BY_PACKET: dict[int, frozenset[int]] = {
+    PacketType.CONNACK: _CONNACK_CODES,
+    PacketType.PUBACK: _PUBACK_CODES,
+    PacketType.PUBREC: _PUBACK_CODES,
+    PacketType.PUBCOMP: _PUBREL_CODES,
+    PacketType.SUBACK: _SUBACK_CODES,
+    PacketType.UNSUBACK: _UNSUBACK_CODES,
+    PacketType.DISCONNECT: _DISCONNECT_CODES,
+}
+_REFUSALS = frozenset({_R.BAD_USER_NAME_OR_PASSWORD, _R.BANNED, _R.BAD_AUTHENTICATION_METHOD})
+
+
+def sendable_code(packet_type: int, code: int) -> int:
+    """``code`` if ``packet_type`` may carry it, else the nearest code it may.
+
+    Hooks may raise any reason code; the spec lists which ones each packet
+    carries (e.g. 0x8A Banned exists for CONNACK but not DISCONNECT). A
+    refusal becomes 0x87 Not authorized, anything else 0x80 Unspecified error.
+    """
+    allowed = _CODES_BY_PACKET[packet_type]
+    if code in allowed:
+        return code
+    if code in _REFUSALS and _R.NOT_AUTHORIZED in allowed:
+        return _R.NOT_AUTHORIZED
+    if _R.UNSPECIFIED_ERROR in allowed:
+        return _R.UNSPECIFIED_ERROR
+    return max(allowed)  # PUBCOMP: 0x92 is its only failure code
+
+
 #: 3.1.1 CONNACK return code -> the v5 reason code we represent it with
 _CONNACK_311_TO_V5: dict[int, int] = {
     ConnackCode311.ACCEPTED: _R.SUCCESS,

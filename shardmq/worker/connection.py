@@ -38,7 +38,7 @@ from ..errors import (
     UnsupportedProtocolVersion,
 )
 from ..hooks import ClientHandle, Continue, Success
-from ..protocol.codec import Decoder, encode
+from ..protocol.codec import Decoder, encode, sendable_code
 from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
 from ..protocol.packets import (
     Auth,
@@ -69,6 +69,7 @@ CONNECTING = 1  # CONNECT received, hooks or AUTH exchange in progress
 CONNECTED = 2
 CLOSED = 3
 
+#: transport buffer size at which a connection counts as congested
 _WRITE_HIGH_WATER = 256 * 1024
 
 
@@ -147,7 +148,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         shard = self.shard
-        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        high = min(_WRITE_HIGH_WATER, shard.config.max_outgoing_buffer // 4)
+        transport.set_write_buffer_limits(high=high)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
         limit = shard.config.max_connections
@@ -177,7 +179,9 @@ class Connection(asyncio.Protocol):
                 return
             self._process(packets)
             shard = self.shard
-            if shard.congested and self.state == CONNECTED:
+            if (
+                shard.congested or shard.unflushed > shard.flush_budget
+            ) and self.state == CONNECTED:
                 shard.pause_reader(self)
 
     def eof_received(self) -> bool | None:
@@ -189,7 +193,7 @@ class Connection(asyncio.Protocol):
         shard.paused_readers.discard(self)
         if self.write_paused:
             self.write_paused = False
-            shard.writer_resumed()
+            shard.writer_resumed(self)
         prev = self.state
         self.state = CLOSED
         if self._timer is not None:
@@ -209,12 +213,12 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if not self.write_paused:
             self.write_paused = True
-            self.shard.writer_paused()
+            self.shard.writer_paused(self)
 
     def resume_writing(self) -> None:
         if self.write_paused:
             self.write_paused = False
-            self.shard.writer_resumed()
+            self.shard.writer_resumed(self)
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None and self.state != CLOSED:
@@ -226,10 +230,15 @@ class Connection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    def buffer_size(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     # -- output ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         self._out.append(data)
+        self.shard.unflushed += len(data)
         if not self._dirty:
             self._dirty = True
             self.shard.mark_dirty(self)
@@ -244,17 +253,24 @@ class Connection(asyncio.Protocol):
         self.shard.stats.bytes_sent += len(data)
         transport = self.transport
         transport.write(data)
-        if self.write_paused:
-            limit = self.shard.config.max_outgoing_buffer
-            if transport.get_write_buffer_size() > limit and self.state != CLOSED:
-                log.warning(
-                    "client %s: outgoing buffer over %d bytes, disconnecting a slow consumer",
-                    self.client_id,
-                    limit,
-                )
-                self.shard.stats.messages_dropped += 1
-                self.state = CLOSED
-                transport.abort()
+        if (
+            self.write_paused
+            and transport.get_write_buffer_size() > self.shard.config.max_outgoing_buffer
+        ):
+            # what was just written is discarded by the abort: count it
+            self.shard.stats.messages_dropped += len(out)
+            self._cut_off_slow_consumer()
+
+    def _cut_off_slow_consumer(self) -> None:
+        if self.state == CLOSED or self.transport is None:
+            return
+        log.warning(
+            "client %s: outgoing buffer over %d bytes, disconnecting a slow consumer",
+            self.client_id,
+            self.shard.config.max_outgoing_buffer,
+        )
+        self.state = CLOSED
+        self.transport.abort()
 
     def send(self, packet: Any) -> None:
         self.write(encode(packet, self.version))
@@ -289,12 +305,12 @@ class Connection(asyncio.Protocol):
                 props = None
                 if err.reason_string and self.version == MQTT5 and self.problem_info:
                     props = Properties(reason_string=err.reason_string)
-                self.send(Connack(False, code, props))
+                self.send(Connack(False, sendable_code(PacketType.CONNACK, code), props))
         elif self.version == MQTT5:
             props = None
             if err.reason_string and self.problem_info:
                 props = Properties(reason_string=err.reason_string)
-            self.send(Disconnect(code, props))
+            self.send(Disconnect(sendable_code(PacketType.DISCONNECT, code), props))
         self.close()
 
     def take_over(self) -> None:
@@ -583,6 +599,7 @@ class Connection(asyncio.Protocol):
                 and transport.get_write_buffer_size() > self.shard.config.max_outgoing_buffer
             ):
                 self.shard.stats.messages_dropped += 1
+                self._cut_off_slow_consumer()
                 return
             tmpl = msg.template
             if self.version == MQTT311:
@@ -653,7 +670,11 @@ class Connection(asyncio.Protocol):
                 new_alias = True
         data = tmpl.encode(MQTT5, qos, retain, dup, pid, ids, alias_no, send_topic, expiry)
         if limit and len(data) > limit:
-            return None
+            if not new_alias:
+                return None
+            # the alias property made it too big: send the plain topic instead
+            data = tmpl.encode(MQTT5, qos, retain, dup, pid, ids, 0, True, expiry)
+            return None if len(data) > limit else data
         if new_alias:
             self.aliases_out[msg.topic] = alias_no
         return data
@@ -798,6 +819,8 @@ class Connection(asyncio.Protocol):
         props_out = None
         if reason is not None and self.version == MQTT5 and self.problem_info:
             props_out = Properties(reason_string=reason)
+        if code >= 0x80:
+            code = sendable_code(PacketType.PUBACK, code)
         if qos == 1:
             self.send(Puback(packet.packet_id, code, props_out))
         else:
@@ -873,6 +896,7 @@ class Connection(asyncio.Protocol):
                 code = ReasonCode.SUCCESS
         elif code is None:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+        code = sendable_code(PacketType.PUBCOMP, code)
         props = None
         if self.version == MQTT5:
             if reason and self.problem_info:
@@ -967,6 +991,8 @@ class Connection(asyncio.Protocol):
                     )
         if self.version == MQTT311:
             codes = [c if c < 0x80 else 0x80 for c in codes]
+        else:
+            codes = [c if c < 0x80 else sendable_code(PacketType.SUBACK, c) for c in codes]
         self.send(Suback(packet.packet_id, codes))
         # retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9]
         for m, qos, sids, retain in retained:
@@ -1009,6 +1035,7 @@ class Connection(asyncio.Protocol):
                     codes.append(int(v))
                     continue
             codes.append(self.shard.unsubscribe(session, f))
+        codes = [c if c < 0x80 else sendable_code(PacketType.UNSUBACK, c) for c in codes]
         self.send(Unsuback(packet.packet_id, codes))
 
     def _handle_pingreq(self, packet: Any) -> Coroutine[Any, Any, None] | None:

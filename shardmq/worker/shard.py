@@ -107,10 +107,16 @@ class Shard:
         # write coalescing
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
+        #: bytes written by connections since the last flush; a publisher is
+        #: paused for the rest of the loop iteration once it passes the budget
+        #: (libuv reads a socket up to 32 times per iteration, so without it
+        #: one publisher could queue megabytes before any flush)
+        self.unflushed = 0
+        self.flush_budget = min(1024 * 1024, config.max_outgoing_buffer // 4)
         # flow control: connections whose transport asked us to stop writing
-        self.congested = 0
+        self.congested: dict[Connection, int] = {}
         self.paused_readers: set[Connection] = set()
-        self._resume_handle: asyncio.TimerHandle | None = None
+        self._stall_handle: asyncio.TimerHandle | None = None
         self._sys_handle: asyncio.TimerHandle | None = None
         self.closing = False
         self._id_counter = 0
@@ -125,38 +131,58 @@ class Shard:
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        self.unflushed = 0
         dirty = self.dirty
         self.dirty = []
         for conn in dirty:
             conn.flush()
+        if self.paused_readers and not self.congested:
+            self.resume_readers()
 
     # -- flow control ------------------------------------------------------------
+    #
+    # A connection whose transport buffer passes its high-water mark is
+    # "congested". While any connection is congested, publishers are paused
+    # after each chunk they send, so a fast publisher is slowed to the pace of
+    # its slowest reading subscriber instead of growing that subscriber's
+    # buffer. A congested connection whose buffer has not shrunk in
+    # STALL_CHECK seconds is declared stalled: it stops counting (publishers
+    # run again) and, as its buffer keeps growing, it is disconnected once it
+    # passes max_outgoing_buffer. So a stuck client cannot stall the broker,
+    # and a slow one cannot exhaust its memory.
 
-    def writer_paused(self) -> None:
-        self.congested += 1
+    STALL_CHECK = 0.5
 
-    def writer_resumed(self) -> None:
-        self.congested -= 1
-        if self.congested <= 0:
-            self.congested = 0
+    def writer_paused(self, conn: Connection) -> None:
+        self.congested[conn] = conn.buffer_size()
+        if self._stall_handle is None:
+            self._stall_handle = self.loop.call_later(self.STALL_CHECK, self._check_stalled)
+
+    def writer_resumed(self, conn: Connection) -> None:
+        if self.congested.pop(conn, None) is not None and not self.congested:
+            self.resume_readers()
+
+    def _check_stalled(self) -> None:
+        self._stall_handle = None
+        congested = self.congested
+        for conn, size in list(congested.items()):
+            now = conn.buffer_size()
+            if now >= size:
+                del congested[conn]
+                log.info("client %s stopped reading; not waiting for it", conn.client_id)
+            else:
+                congested[conn] = now
+        if congested:
+            self._stall_handle = self.loop.call_later(self.STALL_CHECK, self._check_stalled)
+        else:
             self.resume_readers()
 
     def pause_reader(self, conn: Connection) -> None:
-        """Stop reading a publisher while some subscriber cannot keep up.
-
-        The pause lasts until the congestion clears, or 50 ms at most so a
-        subscriber stuck below its disconnect bound cannot stall publishers
-        forever; it throttles them instead.
-        """
+        """Stop reading a publisher until no subscriber is congested."""
         self.paused_readers.add(conn)
         conn.pause_reading()
-        if self._resume_handle is None:
-            self._resume_handle = self.loop.call_later(0.05, self.resume_readers)
 
     def resume_readers(self) -> None:
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
         readers = self.paused_readers
         self.paused_readers = set()
         for conn in readers:
@@ -501,8 +527,8 @@ class Shard:
     def stop(self) -> None:
         if self._sys_handle is not None:
             self._sys_handle.cancel()
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
         for session in self.sessions.values():
             for timer in (session.expiry_timer, session.will_timer):
                 if timer is not None:

@@ -725,3 +725,15 @@ def test_unsupported_level_leaves_version_unknown() -> None:
     with pytest.raises(UnsupportedProtocolVersion):
         decoder.feed(b"\x10\x0d\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x00")
     assert decoder.version == 0
+
+
+def test_sendable_code_maps_codes_a_packet_cannot_carry() -> None:
+    from shardmq.protocol.codec import sendable_code
+    from shardmq.protocol.constants import PacketType, ReasonCode
+
+    # 0x8A Banned is a CONNACK code but not a DISCONNECT code
+    assert sendable_code(PacketType.CONNACK, ReasonCode.BANNED) == ReasonCode.BANNED
+    assert sendable_code(PacketType.DISCONNECT, ReasonCode.BANNED) == ReasonCode.NOT_AUTHORIZED
+    assert sendable_code(PacketType.PUBACK, ReasonCode.SERVER_BUSY) == ReasonCode.UNSPECIFIED_ERROR
+    assert sendable_code(PacketType.PUBCOMP, ReasonCode.NOT_AUTHORIZED) == 0x92
+    assert sendable_code(PacketType.SUBACK, ReasonCode.QUOTA_EXCEEDED) == ReasonCode.QUOTA_EXCEEDED
