@@ -50,8 +50,6 @@ class Config:
     connect_timeout: float = 10.0
     #: Bytes queued to one client before it is disconnected as too slow.
     max_outgoing_buffer: int = 16 * 1024 * 1024
-    #: Bytes buffered unread per connection before reading is paused.
-    max_incoming_buffer: int = 1024 * 1024
 
     # -- limits advertised in CONNACK ----------------------------------------
     #: Largest packet the broker accepts (Maximum Packet Size property).
@@ -116,7 +114,6 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "workers": (1, None),
     "max_connections": (0, None),
     "max_outgoing_buffer": (1, None),
-    "max_incoming_buffer": (1, None),
     "max_packet_size": (MIN_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT),
     "receive_maximum": (1, 65535),  # Receive Maximum 0 is a protocol error [MQTT-3.2.2.3.3]
     "max_inflight": (1, 65535),

@@ -160,7 +160,6 @@ BAD_VALUES = [
     ("store", "sqlite"),
     ("log_level", "verbose"),
     ("max_outgoing_buffer", 0),
-    ("max_incoming_buffer", 0),
     ("app", "no_colon"),
     ("app", ":attr"),
     # wrong types
