@@ -25,7 +25,7 @@ import importlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .config import Config
@@ -35,6 +35,7 @@ from .protocol.constants import ReasonCode
 from .protocol.packets import Properties
 from .protocol.topics import is_valid_topic_filter, validate_topic_name
 from .worker.connection import Connection
+from .worker.listeners import start_listeners, tls_contexts
 from .worker.session import Message
 from .worker.shard import Shard
 
@@ -143,7 +144,13 @@ class Broker:
         self.retained = RetainedAPI(self)
         self._shard: Shard | None = None
         self._server: asyncio.AbstractServer | None = None
+        #: servers of the extra listeners (TLS, WebSocket...), in config order
+        self.listener_servers: list[asyncio.AbstractServer] = []
+        self._tls_contexts: dict[int, Any] = {}
         self._stopped: asyncio.Event | None = None
+        #: set by the worker process of a multi-worker broker
+        self.worker_id = 0
+        self.fabric: Any = None
         for name in HOOK_NAMES:
             setattr(self, name, self._decorator(name))
 
@@ -170,13 +177,23 @@ class Broker:
             raise RuntimeError("the broker is not running")
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Start listening in the running event loop."""
+    async def start(
+        self,
+        sock: socket.socket | None = None,
+        listener_sockets: Mapping[int, socket.socket] | None = None,
+    ) -> None:
+        """Start listening in the running event loop (``listener_sockets``:
+        pre-bound sockets of the extra listeners, by listener index)."""
         loop = asyncio.get_running_loop()
-        shard = Shard(self.config, self.hooks, loop, broker=self)
+        shard = Shard(
+            self.config, self.hooks, loop, broker=self, shard_id=self.worker_id, fabric=self.fabric
+        )
         self._shard = shard
         self._stopped = asyncio.Event()
         cfg = self.config
+        if shard.fabric.distributed:
+            # link up with the other workers before taking clients
+            await shard.fabric.start()
         if sock is not None:
             self._server = await loop.create_server(
                 lambda: Connection(shard), sock=sock, backlog=4096
@@ -191,6 +208,20 @@ class Broker:
                 raise ConfigError(
                     "port", f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
                 ) from None
+        try:
+            self._tls_contexts = tls_contexts(cfg)
+            self.listener_servers = await start_listeners(
+                loop,
+                cfg,
+                lambda: Connection(shard),
+                listener_sockets,
+                contexts=self._tls_contexts,
+            )
+        except BaseException:
+            self._server.close()
+            self._server = None
+            self._shard = None
+            raise
         shard.start_sys()
         log.info("shardmq listening on %s:%d", cfg.host, self.port)
 
@@ -202,6 +233,8 @@ class Broker:
         shard.closing = True
         if self._server is not None:
             self._server.close()
+        for server in self.listener_servers:
+            server.close()
         for conn in list(shard.connections):
             conn.shutdown()
         shard.flush()
@@ -214,22 +247,47 @@ class Broker:
                 conn.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        for server in self.listener_servers:
+            await server.wait_closed()
+        self.listener_servers = []
         shard.stop()
+        await shard.fabric.stop()
         self._shard = None
         if self._stopped is not None:
             self._stopped.set()
         log.info("shardmq stopped")
 
     async def serve_forever(self) -> None:
-        """Start, then run until SIGINT/SIGTERM, then stop gracefully."""
-        await self.start()
+        """Start, then run until SIGINT/SIGTERM, then stop gracefully.
+
+        SIGHUP re-reads the TLS certificates (:meth:`reload_tls`).
+        """
         loop = asyncio.get_running_loop()
+        # installed first, so that a SIGHUP sent once the broker is listening
+        # never meets the default action (exit); runs in the loop, not in the
+        # signal handler: the task does the work
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload_tls()))
+        await self.start()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
         await self.stop()
+
+    async def reload_tls(self) -> bool:
+        """Re-read every TLS listener's certificate files (SIGHUP).
+
+        New connections use the new certificates; established ones keep
+        theirs. A listener whose files do not load keeps its old ones (logged).
+        Returns True when every listener reloaded.
+        """
+        ok = True
+        for context in self._tls_contexts.values():
+            ok = context.reload() and ok
+        if self._tls_contexts:
+            log.info("TLS certificates reloaded%s", "" if ok else " (with errors)")
+        return ok
 
     def run(self) -> None:
         """Run the broker on uvloop until SIGINT/SIGTERM."""
@@ -325,7 +383,32 @@ def load_app(broker: Broker, spec: str) -> None:
 
 
 def serve(config: Config) -> None:
-    """Run a broker with ``config`` until SIGINT/SIGTERM (the CLI's ``serve``)."""
+    """Run a broker with ``config`` until SIGINT/SIGTERM (the CLI's ``serve``).
+
+    One worker runs in this process. Several run under a supervisor, one
+    process and one shard each, sharing the listening sockets through
+    SO_REUSEPORT and linked by the local fabric.
+    """
+    if config.workers > 1:
+        import functools
+        import sys
+
+        from .supervisor.arbiter import Supervisor
+        from .worker.main import run_worker
+
+        if config.app:
+            load_app(Broker(config), config.app)  # fail early, in one line
+        addresses = [(config.host, config.port)]
+        addresses += [(lst.host, lst.port) for lst in getattr(config, "listeners", ())]
+        supervisor = Supervisor(
+            config.workers,
+            addresses,
+            functools.partial(run_worker, config=config),
+            pin=config.pin,
+            heartbeat_timeout=config.heartbeat_timeout,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+        sys.exit(supervisor.run())
     broker = Broker(config)
     if config.app:
         load_app(broker, config.app)

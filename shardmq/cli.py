@@ -39,6 +39,28 @@ def _help(setting: str, text: str) -> str:
     return f"{text} [default: {shown}] [env: {env_var(setting)}]"
 
 
+class _Workers(click.ParamType):
+    """``--workers``: a number, or ``auto`` (resolved by ``load_config``)."""
+
+    name = "auto|N"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return text
+        try:
+            return int(text, 10)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
+WORKERS = _Workers()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__, "-V", "--version", prog_name="shardmq", message="%(prog)s %(version)s"
@@ -64,9 +86,15 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=int,
+    type=WORKERS,
     default=None,
-    help=_help("workers", "Worker processes, one shard each."),
+    metavar="auto|N",
+    help=_help("workers", "Worker processes, one shard each; auto is one per CPU."),
+)
+@click.option(
+    "--pin/--no-pin",
+    default=None,
+    help=_help("pin", "Pin each worker to its own CPU."),
 )
 @click.option(
     "--app",
@@ -119,6 +147,31 @@ def main() -> None:
     "--allow-anonymous/--no-allow-anonymous",
     default=None,
     help=_help("allow_anonymous", "Accept clients without credentials."),
+)
+@click.option("--tls-port", type=int, default=None, help=_help("tls_port", "MQTT over TLS port."))
+@click.option(
+    "--ws-port", type=int, default=None, help=_help("ws_port", "MQTT over WebSocket port (/mqtt).")
+)
+@click.option(
+    "--wss-port",
+    type=int,
+    default=None,
+    help=_help("wss_port", "MQTT over WebSocket over TLS port (/mqtt)."),
+)
+@click.option("--certfile", default=None, help=_help("certfile", "Server certificate chain, PEM."))
+@click.option("--keyfile", default=None, help=_help("keyfile", "Server private key, PEM."))
+@click.option(
+    "--cafile", default=None, help=_help("cafile", "CA certificates for client certificates, PEM.")
+)
+@click.option(
+    "--require-client-cert/--no-require-client-cert",
+    default=None,
+    help=_help("require_client_cert", "Refuse TLS clients without a valid certificate."),
+)
+@click.option(
+    "--use-identity-as-username/--no-use-identity-as-username",
+    default=None,
+    help=_help("use_identity_as_username", "Client certificate CN becomes the username."),
 )
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: str | None, **options: object) -> None:

@@ -27,6 +27,35 @@ from dataclasses import dataclass, fields
 
 from .errors import ConfigError
 from .protocol.constants import MAX_PACKET_SIZE_LIMIT
+from .supervisor.arbiter import resolve_workers
+
+#: Listener types: MQTT over TCP, TLS, WebSocket and WebSocket over TLS.
+LISTENER_TYPES = ("tcp", "tls", "ws", "wss")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One extra listener (``[[listeners]]`` in the TOML file).
+
+    ``None`` means "the top-level setting of the same name": ``host``,
+    ``certfile``, ``keyfile``, ``cafile`` and ``require_client_cert``.
+    """
+
+    type: str
+    port: int
+    host: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    require_client_cert: bool | None = None
+    #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults)
+    ciphers: str | None = None
+    #: WebSocket path
+    path: str = "/mqtt"
+    #: Origin header values accepted from browsers (ws, wss); empty accepts any.
+    allowed_origins: tuple[str, ...] = ()
+    #: Expect a PROXY protocol v1/v2 header before anything else.
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,11 +66,21 @@ class Config:
     # -- listener ----------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = 1883
-    #: Workers (processes); 1 for the single-process broker.
+    #: Workers (processes); 1 for the single-process broker. The flag, the
+    #: environment and the file also take "auto": one per usable CPU.
     workers: int = 1
     log_level: str = "info"
     #: "module:attr" naming a Broker or a function(broker) that registers hooks.
     app: str | None = None
+
+    # -- worker processes (the supervisor) -------------------------------------
+    #: Pin worker i to one CPU (i modulo the CPUs this process may run on).
+    pin: bool = False
+    #: Seconds a worker's event loop may go without a heartbeat before the
+    #: supervisor kills and restarts the worker.
+    heartbeat_timeout: float = 10.0
+    #: Seconds workers get to finish after SIGTERM before they are killed.
+    shutdown_timeout: float = 10.0
 
     # -- connections ---------------------------------------------------------
     #: 0 means unlimited.
@@ -94,6 +133,22 @@ class Config:
     # -- storage --------------------------------------------------------------
     store: str = "memory"
 
+    # -- TLS, WebSocket and other listeners ------------------------------------
+    #: Extra listeners besides host:port (see ``Listener``).
+    listeners: tuple[Listener, ...] = ()
+    #: Shortcuts for one extra listener each, on ``host``, using the files below.
+    tls_port: int | None = None
+    ws_port: int | None = None
+    wss_port: int | None = None
+    #: Server certificate chain and key (PEM) for tls and wss listeners.
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: CA certificates (PEM) that client certificates are verified against.
+    cafile: str | None = None
+    require_client_cert: bool = False
+    #: Use the client certificate's common name as the username (Mosquitto's name).
+    use_identity_as_username: bool = False
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -124,10 +179,13 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "max_session_expiry_interval": (0, 0xFFFFFFFF),
     "max_queued_messages": (0, None),
     "sys_interval": (0, None),
+    "tls_port": (0, 65535),
+    "ws_port": (0, 65535),
+    "wss_port": (0, 65535),
 }
 
 #: Settings that must be strictly greater than zero.
-_POSITIVE = frozenset({"connect_timeout"})
+_POSITIVE = frozenset({"connect_timeout", "heartbeat_timeout", "shutdown_timeout"})
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -148,6 +206,7 @@ _DESCRIPTIONS: dict[type, str] = {
     float: "a number",
     bool: "a boolean",
     str: "a string",
+    tuple: "an array of listener tables",
 }
 
 
@@ -156,6 +215,9 @@ def _field_types() -> dict[str, tuple[type, bool]]:
     result: dict[str, tuple[type, bool]] = {}
     for name, hint in typing.get_type_hints(Config).items():
         args = typing.get_args(hint)
+        if name == "listeners":
+            result[name] = (tuple, False)  # checked by _check_listeners
+            continue
         if not args:
             result[name] = (hint, False)
             continue
@@ -227,9 +289,142 @@ def _validate(config: Config) -> None:
     """Check every field in declaration order; normalise in place (frozen-safe)."""
     for field in fields(config):
         value = getattr(config, field.name)
-        checked = _check_value(field.name, _check_type(field.name, value))
+        if field.name == "listeners":
+            checked = _check_listeners(value)
+        else:
+            checked = _check_value(field.name, _check_type(field.name, value))
         if checked is not value:
             object.__setattr__(config, field.name, checked)
+    for label, listener in effective_listeners(config):
+        _check_listener_files(label, listener)
+
+
+# -- listeners ------------------------------------------------------------------
+
+_LISTENER_TYPES: dict[str, tuple[type, bool]] = {
+    "type": (str, False),
+    "port": (int, False),
+    "host": (str, True),
+    "certfile": (str, True),
+    "keyfile": (str, True),
+    "cafile": (str, True),
+    "require_client_cert": (bool, True),
+    "ciphers": (str, True),
+    "path": (str, False),
+    "allowed_origins": (tuple, False),
+    "proxy_protocol": (bool, False),
+}
+
+
+def _check_listeners(value: object) -> tuple[Listener, ...]:
+    """``listeners`` as a tuple of checked ``Listener``s (TOML gives a list of tables)."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(
+            "listeners", f"expected an array of listener tables, got {type(value).__name__}"
+        )
+    return tuple(_check_listener(i, item) for i, item in enumerate(value))
+
+
+def _check_listener(index: int, item: object) -> Listener:
+    where = f"listeners[{index}]"
+    if isinstance(item, Listener):
+        values = {f.name: getattr(item, f.name) for f in fields(Listener)}
+    elif isinstance(item, Mapping):
+        values = dict(item)
+        for key in values:
+            if key not in _LISTENER_TYPES:
+                close = difflib.get_close_matches(str(key), _LISTENER_TYPES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{where}.{key}", f"unknown listener setting{hint}")
+        for key in ("type", "port"):
+            if key not in values:
+                raise ConfigError(f"{where}.{key}", "missing")
+    else:
+        raise ConfigError(where, f"expected a table, got {type(item).__name__}")
+    for key, value in values.items():
+        base, optional = _LISTENER_TYPES[key]
+        name = f"{where}.{key}"
+        if value is None and optional:
+            continue
+        if base is tuple:
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(name, f"expected an array of strings, got {value!r}")
+            values[key] = tuple(value)
+        elif isinstance(value, bool) and base is not bool or not isinstance(value, base):
+            raise ConfigError(
+                name,
+                f"expected {_describe(base, optional)}, got {value!r} ({type(value).__name__})",
+            )
+    kind = str(values["type"]).lower()
+    if kind not in LISTENER_TYPES:
+        allowed = ", ".join(repr(t) for t in LISTENER_TYPES)
+        raise ConfigError(f"{where}.type", f"must be one of {allowed}, got {values['type']!r}")
+    values["type"] = kind
+    if not 0 <= int(values["port"]) <= 65535:  # type: ignore[call-overload]
+        raise ConfigError(f"{where}.port", f"must be between 0 and 65535, got {values['port']!r}")
+    path = values.get("path", "/mqtt")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(f"{where}.path", f"must start with '/', got {path!r}")
+    return Listener(**values)  # type: ignore[arg-type]
+
+
+def effective_listeners(config: Config) -> list[tuple[str, Listener]]:
+    """Every extra listener, with the top-level settings filled in, and the
+    name its errors carry: ``listeners[i]`` or the shortcut (``tls_port``).
+
+    The order is the one ``start_listeners`` binds in: ``listeners`` first,
+    then ``tls_port``, ``ws_port`` and ``wss_port``.
+    """
+    out: list[tuple[str, Listener]] = []
+    for i, listener in enumerate(config.listeners):
+        out.append((f"listeners[{i}]", _resolve(config, listener)))
+    for name, kind in (("tls_port", "tls"), ("ws_port", "ws"), ("wss_port", "wss")):
+        port = getattr(config, name)
+        if port is not None:
+            out.append((name, _resolve(config, Listener(kind, port))))
+    return out
+
+
+def _resolve(config: Config, listener: Listener) -> Listener:
+    def pick(own: object, default: object) -> object:
+        return default if own is None else own
+
+    return Listener(
+        type=listener.type,
+        port=listener.port,
+        host=str(pick(listener.host, config.host)),
+        certfile=pick(listener.certfile, config.certfile),  # type: ignore[arg-type]
+        keyfile=pick(listener.keyfile, config.keyfile),  # type: ignore[arg-type]
+        cafile=pick(listener.cafile, config.cafile),  # type: ignore[arg-type]
+        require_client_cert=bool(pick(listener.require_client_cert, config.require_client_cert)),
+        ciphers=listener.ciphers,
+        path=listener.path,
+        allowed_origins=listener.allowed_origins,
+        proxy_protocol=listener.proxy_protocol,
+    )
+
+
+def listener_setting(label: str, name: str) -> str:
+    """How an error names ``name`` of the listener ``label``: ``listeners[1].certfile``,
+    or just ``certfile`` for the shortcuts, which use the top-level files."""
+    return f"{label}.{name}" if label.startswith("listeners[") else name
+
+
+def _check_listener_files(label: str, listener: Listener) -> None:
+    if listener.type not in ("tls", "wss"):
+        return
+    if not listener.certfile:
+        by = f"a {listener.type} listener" if label.startswith("listeners[") else label
+        raise ConfigError(listener_setting(label, "certfile"), f"required by {by}")
+    for name in ("certfile", "keyfile", "cafile"):
+        path = getattr(listener, name)
+        if path and not os.path.isfile(path):
+            raise ConfigError(listener_setting(label, name), f"file not found: {path}")
+    if listener.require_client_cert and not listener.cafile:
+        raise ConfigError(
+            listener_setting(label, "require_client_cert"),
+            "needs a cafile to verify client certificates against",
+        )
 
 
 # -- loading --------------------------------------------------------------------
@@ -254,6 +449,8 @@ def parse_setting(name: str, text: str) -> object:
     stripped = text.strip()
     if optional and stripped.lower() in ("", "none"):
         return None
+    if name == "workers" and stripped.lower() == "auto":
+        return "auto"  # resolved by load_config
     try:
         if base is bool:
             if stripped.lower() in _TRUE:
@@ -265,7 +462,10 @@ def parse_setting(name: str, text: str) -> object:
             return int(stripped, 10)
         if base is float:
             return float(stripped)
-    except ValueError:
+        if base is tuple:
+            # a TOML inline array: '[{type = "ws", port = 8080}]'
+            return tomllib.loads(f"v = {stripped}")["v"]
+    except (ValueError, tomllib.TOMLDecodeError):
         raise ConfigError(name, f"expected {_describe(base, optional)}, got {text!r}") from None
     return text
 
@@ -335,10 +535,14 @@ def load_config(
         values[name] = value
         origins[name] = "--" + name.replace("_", "-")
 
+    # "auto" workers (from any source) is one per usable CPU; Config keeps an int.
+    workers = values.get("workers")
+    if isinstance(workers, str) and workers.strip().lower() == "auto":
+        values["workers"] = resolve_workers("auto")
     try:
         return Config(**values)  # type: ignore[arg-type]  # checked by __post_init__
     except ConfigError as exc:
-        origin = origins.get(exc.setting)
+        origin = origins.get(exc.setting) or origins.get(exc.setting.partition("[")[0])
         raise (_with_origin(exc, origin) if origin else exc) from None
 
 

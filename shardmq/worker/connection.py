@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -106,6 +107,7 @@ class Connection(asyncio.Protocol):
         "_taken_over",
         "_over_limit",
         "_connect",
+        "_unsent",
     )
 
     def __init__(self, shard: Shard) -> None:
@@ -142,6 +144,8 @@ class Connection(asyncio.Protocol):
         self._over_limit = False
         #: the CONNECT waiting for its AUTH exchange to finish
         self._connect: Connect | None = None
+        #: in-flight packet ids still to resend after a reconnect
+        self._unsent: deque[int] = deque()
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -431,6 +435,13 @@ class Connection(asyncio.Protocol):
                 raise MQTTError(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
             cid = self.shard.assign_client_id()
         self.client_id = cid
+        transport = self.transport
+        tls = transport.get_extra_info("ssl_object") if transport is not None else None
+        if tls is not None and cfg.use_identity_as_username:
+            # the client certificate's CN replaces the CONNECT username (Mosquitto's rule)
+            packet.username = transport.get_extra_info("certificate_common_name")
+            if packet.username is None:
+                raise MQTTError(ReasonCode.NOT_AUTHORIZED, "no client certificate")
         self.username = packet.username
         will = packet.will
         if will is not None:
@@ -439,6 +450,17 @@ class Connection(asyncio.Protocol):
                 raise MQTTError(ReasonCode.QOS_NOT_SUPPORTED, "will QoS not supported")
             if will.retain and not cfg.retain_available:
                 raise MQTTError(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain not supported")
+        if (
+            self.version == MQTT311
+            and cfg.server_keep_alive is None
+            and (
+                packet.keep_alive > cfg.max_keep_alive
+                or (packet.keep_alive == 0 and cfg.max_keep_alive < 65535)
+            )
+        ):
+            # a 3.1.1 client cannot be told a shorter keep alive: refuse it,
+            # as Mosquitto does, rather than cut it off later
+            raise MQTTError(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keep alive above maximum")
         hooks = self.shard.hooks
         self.handle = ClientHandle(
             cid,
@@ -449,6 +471,8 @@ class Connection(asyncio.Protocol):
             self.shard.broker,
             self,
         )
+        if tls is not None:
+            self.handle.certificate_subject = transport.get_extra_info("certificate_subject")
         if self.version == MQTT5 and props.authentication_method is not None:
             if hooks.on_auth is None:
                 raise MQTTError(ReasonCode.BAD_AUTHENTICATION_METHOD)
@@ -459,6 +483,8 @@ class Connection(asyncio.Protocol):
             raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
         if hooks.on_connect is not None:
             return self._connect_hook(packet, None)
+        if self.shard.fabric.distributed:
+            return self._acquire_and_accept(packet, None)
         self._accept(packet, None)
         return None
 
@@ -471,7 +497,31 @@ class Connection(asyncio.Protocol):
                 if isinstance(err, DisconnectError):
                     raise MQTTError(err.reason_code, err.reason_string) from None
                 raise
+        if self.shard.fabric.distributed:
+            await self._acquire_and_accept(packet, auth_data)
+        else:
+            self._accept(packet, auth_data)
+
+    async def _acquire_and_accept(self, packet: Connect, auth_data: bytes | None) -> None:
+        """Multi-worker broker: claim the client id through its home shard and
+        bring the session over from the shard that held it, then accept."""
+        fabric = self.shard.fabric
+        epoch, state = await fabric.acquire(self.client_id, packet.clean_start)
+        if self.state == CLOSED:
+            return
+        if fabric.fence.get(self.client_id, 0) > epoch:  # type: ignore[attr-defined]
+            # a newer connection claimed this id while we were claiming it
+            raise MQTTError(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+        if state is not None and not packet.clean_start:
+            existing = self.shard.sessions.get(self.client_id)
+            if existing is None or existing.connection is None:
+                if existing is not None:
+                    existing.will = None
+                    self.shard.end_session(existing)
+                self.shard.install_session(self.client_id, state)
         self._accept(packet, auth_data)
+        if self.session is not None:
+            self.session.epoch = epoch
 
     async def _auth_round(self, packet: Connect | Auth, reauth: bool) -> None:
         hook = self.shard.hooks.on_auth
@@ -681,29 +731,52 @@ class Connection(asyncio.Protocol):
 
     def _resend(self) -> None:
         """Reconnected to an existing session: resend unacknowledged messages
-        with DUP, and PUBRELs, in their original order [MQTT-4.4.0-1]."""
+        with DUP, and PUBRELs, in their original order [MQTT-4.4.0-1], no more
+        at once than the client's new Receive Maximum allows [MQTT-3.3.4-9];
+        the rest follow as acknowledgements free the window."""
         session = self.session
         assert session is not None
-        now = self.loop.time()
-        for pid, out in list(session.inflight.items()):
-            if out.released:
-                self.send(Pubrel(pid))
-                continue
-            msg = out.message
-            expiry = None
-            if msg.expiry_at is not None:
-                left = msg.expiry_at - now
-                if left <= 0:
-                    # expired while waiting: drop it
-                    del session.inflight[pid]
-                    continue
-                expiry = int(left) + (left != int(left))
-            data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
-            if data is None:
+        sent = 0
+        for pid in list(session.inflight):
+            if sent >= self.send_window:
+                self._unsent.append(pid)
+            elif self._resend_one(pid):
+                sent += 1
+
+    def _resend_one(self, pid: int) -> bool:
+        session = self.session
+        assert session is not None
+        out = session.inflight.get(pid)
+        if out is None:
+            return False
+        if out.released:
+            self.send(Pubrel(pid))
+            return True
+        msg = out.message
+        expiry = None
+        if msg.expiry_at is not None:
+            left = msg.expiry_at - self.loop.time()
+            if left <= 0:
+                # expired while waiting: drop it
                 del session.inflight[pid]
-            else:
-                self.shard.stats.messages_sent += 1
-                self.write(data)
+                return False
+            expiry = int(left) + (left != int(left))
+        data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
+        if data is None:
+            del session.inflight[pid]
+            return False
+        self.shard.stats.messages_sent += 1
+        self.write(data)
+        return True
+
+    def _window_freed(self) -> None:
+        """An outbound QoS 1/2 flow ended: resend or send what waits for the slot."""
+        unsent = self._unsent
+        while unsent:
+            if self._resend_one(unsent.popleft()):
+                return
+        if self.session is not None and self.session.pending:
+            self._drain()
 
     def _drain(self) -> None:
         """Send queued messages while the client's receive window has room."""
@@ -779,8 +852,17 @@ class Connection(asyncio.Protocol):
         hook = shard.hooks.on_publish
         if hook is not None or packet.topic.startswith("$SYS"):
             return self._publish_hooked(packet)
+        if qos and packet.retain and shard.fabric.distributed:
+            return self._publish_retained_synced(packet)
         self._route_publish(packet, ReasonCode.SUCCESS)
         return None
+
+    async def _publish_retained_synced(self, packet: Publish) -> None:
+        """A retained message at QoS 1/2 is acknowledged once every worker holds it."""
+        code = self._publish_message(packet)
+        await self.shard.fabric.barrier()
+        if self.state == CONNECTED:
+            self._ack_publish(packet, code, None)
 
     async def _publish_hooked(self, packet: Publish) -> None:
         code = ReasonCode.SUCCESS
@@ -798,22 +880,30 @@ class Connection(asyncio.Protocol):
         self._route_publish(packet, code, reason)
 
     def _route_publish(self, packet: Publish, code: int, reason: str | None = None) -> None:
-        qos = packet.qos
         if code < 0x80:
-            props = packet.properties
-            expiry = props.message_expiry_interval
-            msg = Message(
-                packet.topic,
-                packet.payload,
-                qos,
-                packet.retain,
-                props,
-                self.loop.time() + expiry if expiry is not None else None,
-                self.client_id,
-            )
-            matched = self.shard.publish(msg)
-            if matched == 0 and qos and self.version == MQTT5:
-                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+            code = self._publish_message(packet)
+        self._ack_publish(packet, code, reason)
+
+    def _publish_message(self, packet: Publish) -> int:
+        """Route an accepted PUBLISH; returns the success code for its ack."""
+        qos = packet.qos
+        props = packet.properties
+        expiry = props.message_expiry_interval
+        msg = Message(
+            packet.topic,
+            packet.payload,
+            qos,
+            packet.retain,
+            props,
+            self.loop.time() + expiry if expiry is not None else None,
+            self.client_id,
+        )
+        if self.shard.publish(msg) == 0 and qos and self.version == MQTT5:
+            return ReasonCode.NO_MATCHING_SUBSCRIBERS
+        return ReasonCode.SUCCESS
+
+    def _ack_publish(self, packet: Publish, code: int, reason: str | None) -> None:
+        qos = packet.qos
         if qos == 0:
             return
         props_out = None
@@ -836,8 +926,7 @@ class Connection(asyncio.Protocol):
         out = session.inflight.get(packet.packet_id)
         if out is not None and out.qos == 1:
             del session.inflight[packet.packet_id]
-            if session.pending:
-                self._drain()
+            self._window_freed()
         hook = self.shard.hooks.on_puback
         if hook is not None:
             return self._notify(hook, packet)
@@ -850,10 +939,9 @@ class Connection(asyncio.Protocol):
         out = session.inflight.get(packet.packet_id)
         if out is not None and out.qos == 2:
             if packet.reason_code >= 0x80:
-                # the receiver refused it: the flow ends here [MQTT-4.3.3-?]
+                # the receiver refused it: the flow ends here
                 del session.inflight[packet.packet_id]
-                if session.pending:
-                    self._drain()
+                self._window_freed()
             else:
                 out.released = True
                 self.send(Pubrel(packet.packet_id))
@@ -912,8 +1000,7 @@ class Connection(asyncio.Protocol):
         out = session.inflight.get(packet.packet_id)
         if out is not None and out.qos == 2:
             del session.inflight[packet.packet_id]
-            if session.pending:
-                self._drain()
+            self._window_freed()
         hook = self.shard.hooks.on_pubcomp
         if hook is not None:
             return self._notify(hook, packet)
@@ -933,8 +1020,7 @@ class Connection(asyncio.Protocol):
         hook = self.shard.hooks.on_subscribe
         if hook is not None:
             return self._subscribe_hooked(packet)
-        self._subscribe(packet, None)
-        return None
+        return self._subscribe(packet, None)  # type: ignore[no-any-return]
 
     async def _subscribe_hooked(self, packet: Subscribe) -> None:
         verdicts: list[Any] | None
@@ -951,9 +1037,11 @@ class Connection(asyncio.Protocol):
                 verdicts = list(result)
             else:
                 verdicts = None
-        self._subscribe(packet, verdicts)
+        pending = self._subscribe(packet, verdicts)
+        if pending is not None:
+            await pending
 
-    def _subscribe(self, packet: Subscribe, verdicts: list[Any] | None) -> None:
+    def _subscribe(self, packet: Subscribe, verdicts: list[Any] | None) -> Any:
         session = self.session
         assert session is not None
         shard = self.shard
@@ -993,7 +1081,21 @@ class Connection(asyncio.Protocol):
             codes = [c if c < 0x80 else 0x80 for c in codes]
         else:
             codes = [c if c < 0x80 else sendable_code(PacketType.SUBACK, c) for c in codes]
-        self.send(Suback(packet.packet_id, codes))
+        if self.shard.fabric.distributed:
+            # SUBACK once every worker knows of the subscription
+            return self._suback_after_barrier(packet.packet_id, codes, retained)
+        self._suback(packet.packet_id, codes, retained)
+        return None
+
+    async def _suback_after_barrier(
+        self, packet_id: int, codes: list[int], retained: list[Any]
+    ) -> None:
+        await self.shard.fabric.barrier()
+        if self.state == CONNECTED:
+            self._suback(packet_id, codes, retained)
+
+    def _suback(self, packet_id: int, codes: list[int], retained: list[Any]) -> None:
+        self.send(Suback(packet_id, codes))
         # retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9]
         for m, qos, sids, retain in retained:
             self.send_message(m, qos, retain, sids)

@@ -134,6 +134,7 @@ class Session:
         "max_queued",
         "drop_oldest",
         "queue_qos0",
+        "epoch",
     )
 
     def __init__(
@@ -155,6 +156,8 @@ class Session:
         self.max_queued = max_queued
         self.drop_oldest = drop_oldest
         self.queue_qos0 = queue_qos0
+        #: ownership epoch on a multi-worker broker (see cluster/local.py)
+        self.epoch = 0
 
     def allocate_packet_id(self) -> int:
         """The next free outbound packet id (1..65535)."""

@@ -30,6 +30,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..cluster import messages as wire
+from ..cluster.fabric import Fabric
 from ..config import Config
 from ..hooks import Hooks
 from ..protocol.constants import ReasonCode
@@ -38,7 +40,7 @@ from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
-from .session import Message, Session, Subscription
+from .session import Message, Outbound, Session, Subscription
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -46,20 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmq.shard")
 
 NEVER_EXPIRES = 0xFFFFFFFF
-
-
-class Fabric:
-    """Hand-off to other shards. The single-process broker has none."""
-
-    def forward(self, message: Message) -> int:
-        """Send ``message`` to every other shard with matching subscribers; returns how many."""
-        return 0
-
-    def subscription_added(self, topic_filter: str) -> None:
-        pass
-
-    def subscription_removed(self, topic_filter: str) -> None:
-        pass
 
 
 class Stats:
@@ -97,6 +85,8 @@ class Shard:
         self.broker = broker
         self.shard_id = shard_id
         self.fabric = fabric or Fabric()
+        self.fabric.attach(self)
+        self._share_rr: dict[tuple[str, str], int] = {}
         self.sessions: dict[str, Session] = {}
         self.trie: SubscriptionTrie[str, Subscription] = SubscriptionTrie()
         self.shared: SharedSubscriptions[str, Subscription] = SharedSubscriptions()
@@ -283,6 +273,8 @@ class Shard:
         """Discard a session; a will still waiting for its delay is sent now [MQTT-3.1.3-9]."""
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+            if self.fabric.distributed:
+                self.fabric.release(session.client_id, session.epoch)
         for timer in (session.expiry_timer, session.will_timer):
             if timer is not None:
                 timer.cancel()  # type: ignore[attr-defined]
@@ -325,6 +317,7 @@ class Shard:
         retain_as_published: bool,
         retain_handling: int,
         identifier: int | None,
+        want_retained: bool = True,
     ) -> tuple[int, list[Message]]:
         """Add one subscription; returns (reason code, retained messages to send)."""
         cfg = self.config
@@ -361,7 +354,8 @@ class Shard:
         # [MQTT-3.3.1-10] retain handling; no retained messages for shared
         # subscriptions [MQTT-3.8.4-?] (spec 4.8.2: "retained messages are not sent")
         if (
-            group is None
+            want_retained
+            and group is None
             and cfg.retain_available
             and (retain_handling == 0 or (retain_handling == 1 and not existed))
         ):
@@ -397,9 +391,22 @@ class Shard:
             else:
                 # [MQTT-3.3.1-6] an empty retained payload clears the topic
                 self.retained.delete(msg.topic)
+            if self.fabric.distributed:
+                self.fabric.retained_changed(msg.topic, msg if msg.payload else None)
         return self.route(msg)
 
     def route(self, msg: Message) -> int:
+        """Deliver to this shard's subscribers and hand to the other shards."""
+        matched = self.route_local(msg)
+        fabric = self.fabric
+        if fabric.distributed:
+            matched += self._route_shared_everywhere(msg) + fabric.forward(msg)
+        elif self.shared:
+            matched += self._route_shared(msg)
+        return matched
+
+    def route_local(self, msg: Message) -> int:
+        """Deliver to this shard's plain (non-shared) subscribers."""
         matched = 0
         nodes = self.trie.match(msg.topic)
         if nodes:
@@ -419,9 +426,7 @@ class Shard:
                     )
             else:
                 matched += self._route_overlapping(msg, nodes)
-        if self.shared:
-            matched += self._route_shared(msg)
-        return matched + self.fabric.forward(msg)
+        return matched
 
     def _route_overlapping(self, msg: Message, nodes: list[dict[str, Subscription]]) -> int:
         """Several filters matched: one copy per client at the highest QoS,
@@ -473,6 +478,148 @@ class Shard:
             )
         return n
 
+    def _route_shared_everywhere(self, msg: Message) -> int:
+        """Each shared group gets the message once broker-wide: round-robin over
+        all members, wherever they live (weighted by each shard's members)."""
+        local = (
+            {(g.name, g.topic_filter): g for g in self.shared.match(msg.topic)}
+            if self.shared
+            else {}
+        )
+        remote = self.fabric.shared_for(msg.topic)
+        if not local and not remote:
+            return 0
+        n = 0
+        for key in local.keys() | remote.keys():
+            group = local.get(key)
+            local_n = len(group) if group is not None else 0
+            members = remote.get(key, {})
+            total = local_n + sum(members.values())
+            if not total:
+                continue
+            turn = self._share_rr.get(key, 0)
+            self._share_rr[key] = turn + 1
+            slot = turn % total
+            if slot < local_n and group is not None:
+                n += self._deliver_to_group(msg, group)
+                continue
+            slot -= local_n
+            for shard_id in sorted(members):
+                if slot < members[shard_id]:
+                    self.fabric.forward_shared(shard_id, msg, key[0], key[1])
+                    n += 1
+                    break
+                slot -= members[shard_id]
+        return n
+
+    def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> None:
+        """Another shard chose one of our members of ``$share/group/filter``."""
+        for group in self.shared.match(msg.topic):
+            if group.name == group_name and group.topic_filter == topic_filter:
+                self._deliver_to_group(msg, group)
+                return
+
+    def _deliver_to_group(self, msg: Message, group: Any) -> int:
+        picked = group.pick(_online) or group.pick()
+        if picked is None:
+            return 0
+        cid, sub = picked
+        qos = sub.qos if sub.qos < msg.qos else msg.qos
+        ids = None if sub.identifier is None else [sub.identifier]
+        self.deliver(sub.session, msg, qos, msg.retain if sub.retain_as_published else False, ids)
+        return 1
+
+    # -- sessions moving between shards -------------------------------------------------
+
+    def surrender(self, client_id: str, clean_start: bool) -> dict[str, Any] | None:
+        """Another shard took ``client_id`` over: close our connection (0x8E),
+        settle the will, and return the session's state (None for a clean start)."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        conn = session.connection
+        if conn is not None:
+            conn.take_over()  # type: ignore[attr-defined]
+            self._connection_ended(conn, session, publish_will_now=clean_start)  # type: ignore[arg-type]
+        if session.will_timer is not None:
+            # the client is back within the will delay [MQTT-3.1.3-9] (or the
+            # session ends now, with a clean start, and the will goes out)
+            session.will_timer.cancel()  # type: ignore[attr-defined]
+            session.will_timer = None
+            if not clean_start:
+                session.will = None
+        state = None if clean_start else self.session_state(session)
+        if not clean_start:
+            session.will = None
+        self.end_session(session)
+        return state
+
+    def session_state(self, session: Session) -> dict[str, Any]:
+        now = self.loop.time()
+        return {
+            "expiry": session.expiry_interval,
+            "subs": [
+                [f, s.qos, s.no_local, s.retain_as_published, s.retain_handling, s.identifier]
+                for f, s in session.subscriptions.items()
+            ],
+            "pending": [
+                [self.pack_message(msg, now), q, r, ids] for msg, q, r, ids in session.pending
+            ],
+            "inflight": [
+                [
+                    pid,
+                    self.pack_message(o.message, now),
+                    o.qos,
+                    o.retain,
+                    o.subscription_ids,
+                    o.released,
+                ]
+                for pid, o in session.inflight.items()
+            ],
+            "qos2": list(session.inbound_qos2),
+            "next_pid": session.next_packet_id,
+            "dropped": session.dropped,
+        }
+
+    def install_session(self, client_id: str, state: dict[str, Any]) -> Session:
+        """Recreate a session moved here from another shard."""
+        cfg = self.config
+        session = Session(
+            client_id,
+            cfg.max_queued_messages,
+            cfg.queue_drop_policy == "oldest",
+            cfg.queue_qos0_offline,
+        )
+        self.sessions[client_id] = session
+        session.expiry_interval = state["expiry"]
+        for f, qos, nl, rap, rh, ident in state["subs"]:
+            self.subscribe(session, f, qos, nl, rap, rh, ident, want_retained=False)
+        now = self.loop.time()
+        for packed, q, r, ids in state["pending"]:
+            session.pending.append((self.unpack_message(packed, now), q, r, ids))
+        for pid, packed, q, r, ids, released in state["inflight"]:
+            out = Outbound(self.unpack_message(packed, now), q, r, ids)
+            out.released = released
+            session.inflight[pid] = out
+        session.inbound_qos2 = set(state["qos2"])
+        session.next_packet_id = state["next_pid"]
+        session.dropped = state["dropped"]
+        return session
+
+    @staticmethod
+    def pack_message(msg: Message, now: float) -> list[Any]:
+        left = None if msg.expiry_at is None else max(0, int((msg.expiry_at - now) * 1000))
+        props = wire.pack_properties(msg.properties)
+        return [msg.topic, msg.payload, msg.qos, msg.retain, props, left, msg.origin]
+
+    @staticmethod
+    def unpack_message(data: list[Any], now: float) -> Message:
+        topic, payload, qos, retain, props, left, origin = data
+        expiry_at = None if left is None else now + left / 1000
+        return Message(
+            topic, payload, qos, retain, wire.unpack_properties(props), expiry_at, origin
+        )
+
     def deliver(
         self, session: Session, msg: Message, qos: int, retain: bool, ids: list[int] | None
     ) -> None:
@@ -503,26 +650,53 @@ class Shard:
         if self.config.sys_interval > 0:
             self.publish_sys()
 
-    def publish_sys(self) -> None:
+    def sys_figures(self) -> dict[str, int]:
         st = self.stats
-        figures = {
-            "version": f"shardmq {__version__}",
-            "uptime": f"{int(time.time() - self.started)} seconds",
+        return {
             "clients/connected": len(self.connections),
             "clients/total": len(self.sessions),
-            "clients/maximum": self.config.max_connections,
             "messages/received": st.messages_received,
             "messages/sent": st.messages_sent,
             "messages/dropped": st.messages_dropped,
             "bytes/received": st.bytes_received,
             "bytes/sent": st.bytes_sent,
             "subscriptions/count": len(self.trie) + len(self.shared),
-            "retained messages/count": len(self.retained),
         }
-        for name, value in figures.items():
-            msg = Message(f"$SYS/broker/{name}", str(value).encode(), 0, True, None, None, None)
-            self.publish(msg)
+
+    def publish_sys(self) -> None:
+        """Publish the ``$SYS/broker/...`` figures (retained).
+
+        On a multi-worker broker each worker publishes its own figures under
+        ``$SYS/broker/workers/<id>/`` (the kernel's SO_REUSEPORT hash does not
+        balance by load, so the skew is worth seeing) and worker 0 publishes
+        the totals over every live worker under ``$SYS/broker/``.
+        """
+        own = self.sys_figures()
+        figures: dict[str, object] = {}
+        fabric = self.fabric
+        if fabric.distributed:
+            for name, value in own.items():
+                self._sys(f"workers/{self.shard_id}/{name}", value)
+            fabric.publish_stats(own)  # type: ignore[attr-defined]
+            if self.shard_id == 0:
+                peers = fabric.peer_stats()
+                for name, value in own.items():
+                    figures[name] = value + sum(p.get(name, 0) for p in peers.values())
+                figures["workers"] = 1 + len(peers)
+        else:
+            figures.update(own)
+        if figures:
+            figures["version"] = f"shardmq {__version__}"
+            figures["uptime"] = f"{int(time.time() - self.started)} seconds"
+            figures["clients/maximum"] = self.config.max_connections
+            figures["retained messages/count"] = len(self.retained)
+            for name, value in figures.items():
+                self._sys(name, value)
         self._sys_handle = self.loop.call_later(self.config.sys_interval, self.publish_sys)
+
+    def _sys(self, name: str, value: object) -> None:
+        topic = f"$SYS/broker/{name}"
+        self.publish(Message(topic, str(value).encode(), 0, True, None, None, None))
 
     def stop(self) -> None:
         if self._sys_handle is not None:

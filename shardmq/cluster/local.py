@@ -1,0 +1,461 @@
+"""LocalFabric: the shards of one host linked by Unix-domain sockets.
+
+Theory of operation
+-------------------
+Every worker listens on ``<run_dir>/shard-<id>.sock`` and opens two links to
+every peer: ``ctl`` (interest deltas, retained updates, session claims,
+barriers, replies) and ``data`` (forwarded publishes), so control frames never
+wait behind bulk traffic. Frames are msgpack lists (``messages.py``); many are
+packed into one write per loop iteration. A link whose socket buffer fills up
+counts as a congested writer, which pauses the publishers feeding it (see
+``Shard.writer_paused``): a slow shard slows its senders.
+
+When an outgoing ctl link comes up (first start, or the peer restarted) this
+shard sends the peer its whole interest, its retained messages and the
+sessions it owns whose home is that peer. When an incoming ctl link drops, the
+peer is gone: its interest is forgotten and requests waiting on it fail.
+
+Sessions: a client id's *home* shard (crc32 of the id modulo the worker count)
+records which shard owns the session and under which epoch. A connecting
+shard CLAIMs the id at home (getting a new, larger epoch and the previous
+owner), then asks the previous owner to TAKE: that shard disconnects its
+connection with 0x8E, settles the will, and sends the session state over
+(SESSION). An owner that learns of a newer epoch than its own never resumes
+that session, so a superseded worker cannot deliver to a stale session or
+publish the will of a connection already taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import zlib
+from typing import Any
+
+import msgpack
+
+from . import messages as m
+from .fabric import Fabric
+from .interest import Interest
+
+log = logging.getLogger("shardmq.fabric")
+
+REQUEST_TIMEOUT = 2.0
+READY_TIMEOUT = 5.0
+_HIGH_WATER = 1024 * 1024
+
+
+class _Link(asyncio.Protocol):
+    """One direction of one link kind to or from a peer."""
+
+    def __init__(self, fabric: LocalFabric, peer: int | None, kind: str, outgoing: bool) -> None:
+        self.fabric = fabric
+        self.peer = peer
+        self.kind = kind
+        self.outgoing = outgoing
+        self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._scheduled = False
+        self._packer = msgpack.Packer()
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self.client_id = f"<shard link {kind} {peer}>"
+        self.closed = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        unpacker = self._unpacker
+        unpacker.feed(data)
+        fabric = self.fabric
+        for frame in unpacker:
+            if self.peer is None:
+                if frame[0] != m.HELLO:
+                    log.warning("shard link: frame before HELLO, closing")
+                    self.close()
+                    return
+                self.peer = frame[1]
+                self.kind = frame[2]
+                self.client_id = f"<shard link {self.kind} {self.peer}>"
+                fabric.incoming_up(self)
+                continue
+            try:
+                fabric.handle(self.peer, frame)
+            except Exception:
+                log.exception("shard %d: bad frame from shard %s", fabric.shard_id, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        shard = self.fabric.shard
+        if shard is not None:
+            shard.writer_resumed(self)
+        self.fabric.link_lost(self)
+
+    def pause_writing(self) -> None:
+        shard = self.fabric.shard
+        if shard is not None:
+            shard.writer_paused(self)
+
+    def resume_writing(self) -> None:
+        shard = self.fabric.shard
+        if shard is not None:
+            shard.writer_resumed(self)
+
+    def buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    # output
+    def send(self, frame: list[Any]) -> None:
+        if self.closed:
+            return
+        self._out.append(self._packer.pack(frame))
+        if not self._scheduled:
+            self._scheduled = True
+            self.fabric.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        out = self._out
+        if out and self.transport is not None and not self.closed:
+            self._out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class LocalFabric(Fabric):
+    distributed = True
+
+    def __init__(self, shard_id: int, workers: int, run_dir: str) -> None:
+        self.shard_id = shard_id
+        self.workers = workers
+        self.run_dir = run_dir
+        self.shard: Any = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.interest = Interest()
+        self.local_counts: dict[str, int] = {}
+        #: peer -> {"ctl": link, "data": link} (outgoing)
+        self.out: dict[int, dict[str, _Link]] = {}
+        #: peers whose incoming ctl link is up (they are alive)
+        self.alive: set[int] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._req = 0
+        self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._closing = False
+        # home-shard table: client id -> (owner shard, epoch)
+        self.owners: dict[str, tuple[int, int]] = {}
+        #: client id -> epoch this shard owns it under
+        self.epochs: dict[str, int] = {}
+        #: client id -> newest epoch seen for a take-over (fencing)
+        self.fence: dict[str, int] = {}
+        self.retained_stamps: dict[str, float] = {}
+        self.stats_by_peer: dict[int, dict[str, int]] = {}
+        self._share_rr: dict[tuple[str, str], int] = {}
+
+    def path(self, shard_id: int) -> str:
+        return os.path.join(self.run_dir, f"shard-{shard_id}.sock")
+
+    def home(self, client_id: str) -> int:
+        return zlib.crc32(client_id.encode()) % self.workers
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        path = self.path(self.shard_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._server = await self.loop.create_unix_server(
+            lambda: _Link(self, None, "?", outgoing=False), path
+        )
+        for peer in range(self.workers):
+            if peer == self.shard_id:
+                continue
+            self.out[peer] = {}
+            for kind in ("ctl", "data"):
+                self._tasks.append(self.loop.create_task(self._connect(peer, kind)))
+        # Wait (bounded) until every peer is linked both ways, so the first
+        # clients already see the whole broker; a peer that is restarting
+        # joins later.
+        deadline = self.loop.time() + READY_TIMEOUT
+        while self.loop.time() < deadline and not self.ready():
+            await asyncio.sleep(0.01)
+
+    def ready(self) -> bool:
+        return all(
+            len(links) == 2 and all(not link.closed for link in links.values())
+            for links in self.out.values()
+        ) and len(self.alive) == len(self.out)
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for links in self.out.values():
+            for link in links.values():
+                link.flush()
+                link.close()
+        if self._server is not None:
+            self._server.close()
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _connect(self, peer: int, kind: str) -> None:
+        delay = 0.02
+        path = self.path(peer)
+        while not self._closing:
+            link = self.out[peer].get(kind)
+            if link is None or link.closed:
+                try:
+                    _, proto = await self.loop.create_unix_connection(
+                        lambda: _Link(self, peer, kind, outgoing=True), path
+                    )
+                except OSError:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                delay = 0.02
+                link = proto
+                self.out[peer][kind] = link
+                link.send([m.HELLO, self.shard_id, kind])
+                if kind == "ctl":
+                    self._teach(peer, link)
+            await asyncio.sleep(0.05)
+
+    def _teach(self, peer: int, link: _Link) -> None:
+        """A link to ``peer`` came up: send it everything it must know from us."""
+        link.send([m.INTEREST_FULL, [[f, c] for f, c in self.local_counts.items()]])
+        shard = self.shard
+        if shard is not None and len(shard.retained):
+            now = self.loop.time()
+            items = []
+            for topic, msg in shard.retained.items():
+                items.append(
+                    [topic, self.shard.pack_message(msg, now), self.retained_stamps.get(topic, 0.0)]
+                )
+            link.send([m.RETAINED_FULL, items])
+        owned = [[cid, e] for cid, e in self.epochs.items() if self.home(cid) == peer]
+        if owned:
+            link.send([m.OWNED, owned])
+
+    def incoming_up(self, link: _Link) -> None:
+        if link.kind == "ctl" and link.peer is not None:
+            self.alive.add(link.peer)
+
+    def link_lost(self, link: _Link) -> None:
+        peer = link.peer
+        if peer is None or self._closing:
+            return
+        if not link.outgoing and link.kind == "ctl":
+            log.warning("shard %d: lost shard %d, forgetting its interest", self.shard_id, peer)
+            self.alive.discard(peer)
+            self.interest.drop_shard(peer)
+            for req, (target, fut) in list(self._pending.items()):
+                if target == peer and not fut.done():
+                    fut.set_result(None)
+                    del self._pending[req]
+
+    def _send(self, peer: int, kind: str, frame: list[Any]) -> bool:
+        link = self.out.get(peer, {}).get(kind)
+        if link is None or link.closed:
+            return False
+        link.send(frame)
+        return True
+
+    def _broadcast(self, frame: list[Any]) -> None:
+        for peer in self.out:
+            self._send(peer, "ctl", frame)
+
+    async def _request(self, peer: int, frame: list[Any]) -> Any:
+        """Send a request frame (its item 1 is the request id) and await the reply."""
+        self._req += 1
+        req = self._req
+        frame[1] = req
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._pending[req] = (peer, fut)
+        if peer not in self.alive or not self._send(peer, "ctl", frame):
+            del self._pending[req]
+            return None
+        try:
+            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+        except TimeoutError:
+            log.warning("shard %d: no answer from shard %d", self.shard_id, peer)
+            return None
+        finally:
+            self._pending.pop(req, None)
+
+    # -- routing -----------------------------------------------------------------------
+
+    def forward(self, message: Any) -> int:
+        if not self.interest:
+            return 0
+        shards = self.interest.shards_for(message.topic)
+        if not shards:
+            return 0
+        frame = [m.PUBLISH, self.shard.pack_message(message, self.loop.time())]
+        n = 0
+        for peer in shards:
+            if self._send(peer, "data", frame):
+                n += 1
+        return n
+
+    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[int, int]]:
+        if not self.interest:
+            return {}
+        return self.interest.shared_for(topic)
+
+    def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
+        frame = [
+            m.PUBLISH_SHARED,
+            self.shard.pack_message(message, self.loop.time()),
+            group,
+            topic_filter,
+        ]
+        self._send(shard_id, "data", frame)
+
+    def subscription_added(self, full_filter: str) -> None:
+        n = self.local_counts.get(full_filter, 0) + 1
+        self.local_counts[full_filter] = n
+        if n == 1 or full_filter.startswith("$share/"):
+            self._broadcast([m.SUB_ADD, full_filter])
+
+    def subscription_removed(self, full_filter: str) -> None:
+        n = self.local_counts.get(full_filter, 0) - 1
+        if n <= 0:
+            self.local_counts.pop(full_filter, None)
+        else:
+            self.local_counts[full_filter] = n
+        if n <= 0 or full_filter.startswith("$share/"):
+            self._broadcast([m.SUB_DEL, full_filter])
+
+    async def barrier(self) -> None:
+        peers = [p for p in self.out if p in self.alive]
+        if peers:
+            await asyncio.gather(*(self._request(p, [m.PING, 0]) for p in peers))
+
+    # -- retained ------------------------------------------------------------------------
+
+    def retained_changed(self, topic: str, message: Any) -> None:
+        stamp = time.time()
+        self.retained_stamps[topic] = stamp
+        packed = None if message is None else self.shard.pack_message(message, self.loop.time())
+        self._broadcast([m.RETAIN, topic, packed, stamp])
+
+    def _apply_retained(self, topic: str, packed: Any, stamp: float) -> None:
+        if stamp < self.retained_stamps.get(topic, 0.0):
+            return  # an older update than the one we hold
+        self.retained_stamps[topic] = stamp
+        shard = self.shard
+        if packed is None:
+            shard.retained.delete(topic)
+        else:
+            shard.retained.set(topic, self.shard.unpack_message(packed, self.loop.time()))
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, Any]:
+        home = self.home(client_id)
+        if home == self.shard_id:
+            epoch, previous = self._claim(client_id, self.shard_id)
+        else:
+            reply = await self._request(home, [m.CLAIM, 0, client_id, self.shard_id])
+            if reply is None:
+                # the home shard is down (restarting): go on locally
+                epoch, previous = int(time.time() * 1000), None
+            else:
+                epoch, previous = reply
+        self.epochs[client_id] = epoch
+        state = None
+        if previous is not None and previous != self.shard_id:
+            state = await self._request(previous, [m.TAKE, 0, client_id, epoch, clean_start])
+        return epoch, state
+
+    def _claim(self, client_id: str, shard_id: int) -> tuple[int, int | None]:
+        prev = self.owners.get(client_id)
+        epoch = int(time.time() * 1000)
+        if prev is not None and epoch <= prev[1]:
+            epoch = prev[1] + 1
+        self.owners[client_id] = (shard_id, epoch)
+        return epoch, prev[0] if prev is not None else None
+
+    def release(self, client_id: str, epoch: int) -> None:
+        if self.epochs.get(client_id) == epoch:
+            del self.epochs[client_id]
+        home = self.home(client_id)
+        if home == self.shard_id:
+            self._release(client_id, epoch)
+        else:
+            self._send(home, "ctl", [m.RELEASE, client_id, epoch])
+
+    def _release(self, client_id: str, epoch: int) -> None:
+        owner = self.owners.get(client_id)
+        if owner is not None and owner[1] == epoch:
+            del self.owners[client_id]
+
+    # -- figures -------------------------------------------------------------------------
+
+    def publish_stats(self, figures: dict[str, int]) -> None:
+        self._broadcast([m.STATS, self.shard_id, figures])
+
+    def peer_stats(self) -> dict[int, dict[str, int]]:
+        return {p: s for p, s in self.stats_by_peer.items() if p in self.alive}
+
+    # -- inbound frames ----------------------------------------------------------------------
+
+    def handle(self, peer: int, frame: list[Any]) -> None:
+        kind = frame[0]
+        shard = self.shard
+        if kind == m.PUBLISH:
+            shard.route_local(self.shard.unpack_message(frame[1], self.loop.time()))
+        elif kind == m.PUBLISH_SHARED:
+            shard.deliver_shared(
+                self.shard.unpack_message(frame[1], self.loop.time()), frame[2], frame[3]
+            )
+        elif kind == m.SUB_ADD:
+            self.interest.add(peer, frame[1])
+        elif kind == m.SUB_DEL:
+            self.interest.remove(peer, frame[1])
+        elif kind == m.INTEREST_FULL:
+            self.interest.set_full(peer, [(f, c) for f, c in frame[1]])
+        elif kind == m.RETAIN:
+            self._apply_retained(frame[1], frame[2], frame[3])
+        elif kind == m.RETAINED_FULL:
+            for topic, packed, stamp in frame[1]:
+                self._apply_retained(topic, packed, stamp)
+        elif kind == m.PING:
+            self._send(peer, "ctl", [m.PONG, frame[1]])
+        elif kind == m.CLAIM:
+            epoch, previous = self._claim(frame[2], frame[3])
+            self._send(peer, "ctl", [m.CLAIMED, frame[1], [epoch, previous]])
+        elif kind == m.TAKE:
+            client_id, epoch, clean_start = frame[2], frame[3], frame[4]
+            if epoch > self.fence.get(client_id, 0):
+                self.fence[client_id] = epoch
+            state = shard.surrender(client_id, clean_start)
+            self.epochs.pop(client_id, None)
+            self._send(peer, "ctl", [m.SESSION, frame[1], state])
+        elif kind in m.REPLY:
+            entry = self._pending.pop(frame[1], None)
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(frame[2] if len(frame) > 2 else True)
+        elif kind == m.RELEASE:
+            self._release(frame[1], frame[2])
+        elif kind == m.OWNED:
+            for client_id, epoch in frame[1]:
+                current = self.owners.get(client_id)
+                if current is None or current[1] < epoch:
+                    self.owners[client_id] = (peer, epoch)
+        elif kind == m.STATS:
+            self.stats_by_peer[frame[1]] = frame[2]
+        else:
+            log.warning("shard %d: unknown frame kind %r from %d", self.shard_id, kind, peer)

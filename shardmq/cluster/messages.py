@@ -1,0 +1,60 @@
+"""Frames exchanged between shards, as msgpack-ready lists. Pure: no I/O.
+
+Every frame is a list whose first item is its kind. Application messages
+travel as (topic, payload, qos, retain, properties, expiry left in ms,
+origin); properties as a dict of the set fields, user properties as a list of
+pairs so repeated keys and their order survive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol.packets import Properties
+
+# link set-up
+HELLO = 0  # [HELLO, shard_id, link kind ("ctl" | "data")]
+# interest
+INTEREST_FULL = 1  # [.., [[full_filter, count], ...]]
+SUB_ADD = 2  # [.., full_filter]
+SUB_DEL = 3  # [.., full_filter]
+# routing
+PUBLISH = 4  # [.., message]                deliver to local non-shared subscribers
+PUBLISH_SHARED = 5  # [.., message, group, filter]  deliver to one local member
+# retained replication
+RETAIN = 6  # [.., topic, message | None, stamp]
+RETAINED_FULL = 7  # [.., [[topic, message, stamp], ...]]
+# barrier: everything sent before PING on this link has been applied
+PING = 8  # [.., seq]
+PONG = 9  # [.., seq]
+# session ownership
+CLAIM = 10  # [.., req, client_id, shard_id]         to the home shard
+CLAIMED = 11  # [.., req, epoch, previous owner | None]
+TAKE = 12  # [.., req, client_id, epoch, clean_start]   to the previous owner
+SESSION = 13  # [.., req, session state | None]
+RELEASE = 14  # [.., client_id, epoch]                 to the home shard
+OWNED = 15  # [.., [[client_id, epoch], ...]]          re-teach a restarted home
+STATS = 16  # [.., shard_id, {name: value}]
+REPLY = frozenset({CLAIMED, SESSION, PONG})
+
+
+def pack_properties(props: Properties | None) -> dict[str, Any] | None:
+    if props is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in props.items():
+        if name == "user_properties":
+            value = [list(pair) for pair in value]  # type: ignore[attr-defined]
+        out[name] = value
+    return out or None
+
+
+def unpack_properties(data: dict[str, Any] | None) -> Properties | None:
+    if not data:
+        return None
+    props = Properties()
+    for name, value in data.items():
+        if name == "user_properties":
+            value = [(k, v) for k, v in value]
+        setattr(props, name, value)
+    return props
