@@ -28,7 +28,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .config import Config
+from .config import Config, effective_listeners
 from .errors import ConfigError
 from .hooks import HOOK_NAMES, ClientHandle, Hook, Hooks
 from .protocol.constants import ReasonCode
@@ -399,7 +399,8 @@ def serve(config: Config) -> None:
         if config.app:
             load_app(Broker(config), config.app)  # fail early, in one line
         addresses = [(config.host, config.port)]
-        addresses += [(lst.host, lst.port) for lst in getattr(config, "listeners", ())]
+        # one socket per listener per worker, in start_listeners' order
+        addresses += [(str(lst.host), lst.port) for _, lst in effective_listeners(config)]
         supervisor = Supervisor(
             config.workers,
             addresses,

@@ -289,6 +289,7 @@ def _validate(config: Config) -> None:
     """Check every field in declaration order; normalise in place (frozen-safe)."""
     for field in fields(config):
         value = getattr(config, field.name)
+        checked: object
         if field.name == "listeners":
             checked = _check_listeners(value)
         else:
@@ -360,12 +361,12 @@ def _check_listener(index: int, item: object) -> Listener:
         allowed = ", ".join(repr(t) for t in LISTENER_TYPES)
         raise ConfigError(f"{where}.type", f"must be one of {allowed}, got {values['type']!r}")
     values["type"] = kind
-    if not 0 <= int(values["port"]) <= 65535:  # type: ignore[call-overload]
+    if not 0 <= int(values["port"]) <= 65535:  # type: ignore[call-overload, unused-ignore]
         raise ConfigError(f"{where}.port", f"must be between 0 and 65535, got {values['port']!r}")
     path = values.get("path", "/mqtt")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"{where}.path", f"must start with '/', got {path!r}")
-    return Listener(**values)  # type: ignore[arg-type]
+    return Listener(**values)  # type: ignore[arg-type, unused-ignore]
 
 
 def effective_listeners(config: Config) -> list[tuple[str, Listener]]:

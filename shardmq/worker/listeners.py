@@ -106,6 +106,7 @@ async def start_listeners(
         for index, (label, listener) in enumerate(effective_listeners(config)):
             factory = protocol_factory_for(listener, config, protocol_factory, contexts.get(index))
             sock = sockets.get(index) if sockets is not None else None
+            server: asyncio.AbstractServer
             if sock is not None:
                 server = await loop.create_server(factory, sock=sock, backlog=4096)
             else:

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, extra: list[str] | None = None) -> None:
         self.workers = workers
         self.port = free_port()
         self.log = open(os.path.join(ROOT, f".cluster-{self.port}.log"), "w+")  # noqa: SIM115
@@ -55,6 +55,7 @@ class Cluster:
                 "tests.cluster.where_app:setup",
                 "--log-level",
                 "info",
+                *(extra or []),
             ],
             cwd=ROOT,
             stdout=self.log,
@@ -290,3 +291,46 @@ def test_sigterm_stops_everything_with_0x8b(cluster2: Cluster) -> None:
     assert a.wait_disconnect(10)[0] == 0x8B
     assert b.wait_disconnect(10)[0] == 0x8B
     assert cluster2.proc.wait(20) == 0
+
+
+def test_tcp_and_websocket_clients_through_workers() -> None:
+    """Every worker serves the WebSocket listener too, and its clients reach
+    TCP clients on any worker."""
+    ws_port = free_port()
+    cluster = Cluster(2, ["--ws-port", str(ws_port)])
+    try:
+        import paho.mqtt.client as paho
+
+        received: queue.Queue[bytes] = queue.Queue()
+        subacks: queue.Queue[int] = queue.Queue()
+        spread = set()
+        ws_clients = []
+        for i in range(12):
+            ws = paho.Client(
+                paho.CallbackAPIVersion.VERSION2,
+                client_id=f"ws-{i}",
+                transport="websockets",
+                protocol=paho.MQTTv5,
+            )
+            ws.on_message = lambda c, u, msg: received.put(msg.payload)
+            ws.on_subscribe = lambda c, u, mid, rcs, props: subacks.put(mid)
+            ws.connect("127.0.0.1", ws_port)
+            ws.loop_start()
+            ws_clients.append(ws)
+            spread.add(cluster.worker_of(f"ws-{i}"))
+            if len(spread) == 2:
+                break
+        assert spread == {0, 1}, "WebSocket clients all landed on one worker"
+        for ws in ws_clients:
+            ws.subscribe("mixed/t", qos=1)
+        for _ in ws_clients:
+            subacks.get(timeout=WAIT)
+        tcp = cluster.connect_on(None)
+        tcp.publish("mixed/t", b"from tcp", qos=1)
+        got = [received.get(timeout=WAIT) for _ in ws_clients]
+        assert got == [b"from tcp"] * len(ws_clients)
+        for ws in ws_clients:
+            ws.disconnect()
+            ws.loop_stop()
+    finally:
+        cluster.close()

@@ -3,20 +3,25 @@ and SIGHUP through the real command."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shardmq.config import Listener, effective_listeners, load_config
 from shardmq.errors import ConfigError
+from tests.helpers import WAIT, BrokerThread
 
 from .conftest import PKI
+from .helpers import listener_port, read_all
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -167,3 +172,24 @@ def test_sighup_reloads_certificates_in_the_running_command(tmp_path: Path, pki:
         proc.wait(10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.mark.parametrize("kind", ["tls", "ws", "proxy"])
+def test_a_connection_that_never_finishes_its_opening_is_closed(
+    make_broker: Callable[..., BrokerThread],
+    pki: PKI,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    listener: dict[str, object] = {"type": "tcp" if kind == "proxy" else kind, "port": 0}
+    if kind == "tls":
+        listener.update(certfile=pki.certfile, keyfile=pki.keyfile)
+    listener["proxy_protocol"] = kind == "proxy"
+    bt = make_broker(listeners=[listener], connect_timeout=0.2)
+    with (
+        caplog.at_level(logging.INFO, logger="shardmq.listener"),
+        socket.create_connection(("127.0.0.1", listener_port(bt)), timeout=WAIT) as sock,
+    ):
+        sock.sendall(b"G" if kind == "ws" else b"P" if kind == "proxy" else b"\x16")
+        assert read_all(sock) == b""
+    assert any("opening not done in time" in r.getMessage() for r in caplog.records)
