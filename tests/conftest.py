@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BrokerThread, Client
+from tests.helpers import BrokerThread, Client, RawClient
 
 
 @pytest.fixture
@@ -53,3 +53,18 @@ def clients() -> Iterator[Callable[..., Client]]:
 @pytest.fixture(params=[5, 4], ids=["v5", "v311"])
 def version(request: pytest.FixtureRequest) -> int:
     return int(request.param)
+
+
+@pytest.fixture
+def raw_clients() -> Iterator[Callable[..., RawClient]]:
+    """Raw socket clients, closed at the end of the test."""
+    made: list[RawClient] = []
+
+    def factory(port: int, version: int = 5) -> RawClient:
+        raw = RawClient(port, version)
+        made.append(raw)
+        return raw
+
+    yield factory
+    for raw in made:
+        raw.close()

@@ -355,3 +355,33 @@ def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def expect(raw: RawClient, cls: type, timeout: float = WAIT) -> Any:
+    """The next packet from the broker, which must be a ``cls``."""
+    pkt = raw.recv_packet(timeout)
+    assert isinstance(pkt, cls), f"expected {cls.__name__}, got {pkt!r}"
+    return pkt
+
+
+def expect_silence(raw: RawClient, timeout: float) -> None:
+    """Nothing arrives and the connection stays open for ``timeout`` seconds."""
+    try:
+        pkt = raw.recv_packet(timeout)
+    except TimeoutError:
+        return
+    raise AssertionError(f"expected silence, got {'connection closed' if pkt is None else pkt!r}")
+
+
+def read_until_eof(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """Every byte the broker sends until it closes the connection."""
+    sock.settimeout(timeout)
+    out = b""
+    while True:
+        try:
+            data = sock.recv(4096)
+        except ConnectionResetError:
+            return out
+        if not data:
+            return out
+        out += data

@@ -40,7 +40,7 @@ from shardmq.protocol.packets import (
     Unsuback,
     Unsubscribe,
 )
-from tests.helpers import WAIT, BrokerThread, Client, RawClient, wait_for
+from tests.helpers import WAIT, BrokerThread, Client, RawClient, read_until_eof, wait_for
 
 Call = tuple[str, tuple[Any, ...], Any]
 
@@ -90,20 +90,6 @@ def raw_connect(
     raw = RawClient(port, version=version)
     raw.send_packet(Connect(client_id, protocol_version=version, **kwargs))
     return raw, raw.recv_packet()
-
-
-def read_until_eof(sock: socket.socket, timeout: float = WAIT) -> bytes:
-    """Every byte the broker sends until it closes the connection."""
-    sock.settimeout(timeout)
-    out = b""
-    while True:
-        try:
-            data = sock.recv(4096)
-        except ConnectionResetError:
-            return out
-        if not data:
-            return out
-        out += data
 
 
 # -- what every hook receives ------------------------------------------------

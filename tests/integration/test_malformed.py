@@ -22,7 +22,7 @@ from shardmq.protocol.packets import (
     Subscribe,
     Subscription,
 )
-from tests.helpers import WAIT, BrokerThread, Client, RawClient
+from tests.helpers import WAIT, BrokerThread, Client, RawClient, read_until_eof
 
 MAX_PACKET = 4096
 
@@ -55,19 +55,6 @@ def connect_bytes(
     if props is None:
         props = b"\x00" if level == 5 else b""
     return frame(0x10, s16(name) + bytes((level, flags)) + b"\x00\x3c" + props + payload)
-
-
-def read_until_eof(sock: socket.socket, timeout: float = WAIT) -> bytes:
-    sock.settimeout(timeout)
-    out = b""
-    while True:
-        try:
-            data = sock.recv(4096)
-        except ConnectionResetError:
-            return out
-        if not data:
-            return out
-        out += data
 
 
 # (name, connect first?, bytes, expected v5 answer: ("connack"|"disconnect", code) or None)

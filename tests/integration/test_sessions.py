@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from shardmq.protocol.constants import MQTT5, ReasonCode
 from shardmq.protocol.packets import (
@@ -30,39 +28,9 @@ from shardmq.protocol.packets import (
     Subscription,
     Will,
 )
-from tests.helpers import WAIT, BrokerThread, Client, RawClient, wait_for
+from tests.helpers import WAIT, BrokerThread, Client, RawClient, expect, expect_silence, wait_for
 
 # -- helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def raw_clients() -> Iterator[Callable[..., RawClient]]:
-    """Raw socket clients, closed at the end of the test."""
-    made: list[RawClient] = []
-
-    def factory(port: int, version: int = MQTT5) -> RawClient:
-        raw = RawClient(port, version)
-        made.append(raw)
-        return raw
-
-    yield factory
-    for raw in made:
-        raw.close()
-
-
-def expect(raw: RawClient, cls: type, timeout: float = WAIT) -> Any:
-    pkt = raw.recv_packet(timeout)
-    assert isinstance(pkt, cls), f"expected {cls.__name__}, got {pkt!r}"
-    return pkt
-
-
-def expect_silence(raw: RawClient, timeout: float) -> None:
-    """Nothing arrives and the connection stays open for ``timeout`` seconds."""
-    try:
-        pkt = raw.recv_packet(timeout)
-    except TimeoutError:
-        return
-    raise AssertionError(f"expected silence, got {'connection closed' if pkt is None else pkt!r}")
 
 
 def raw_connect(

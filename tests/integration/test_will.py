@@ -9,31 +9,14 @@ within the test proves something other than the delay released it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from shardmq.protocol.constants import MQTT5, ReasonCode
 from shardmq.protocol.packets import Connack, Connect, Properties, Will
 from tests.helpers import WAIT, BrokerThread, Client, RawClient, wait_for
 
 # -- helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def raw_clients() -> Iterator[Callable[..., RawClient]]:
-    """Raw socket clients, closed at the end of the test."""
-    made: list[RawClient] = []
-
-    def factory(port: int, version: int = MQTT5) -> RawClient:
-        raw = RawClient(port, version)
-        made.append(raw)
-        return raw
-
-    yield factory
-    for raw in made:
-        raw.close()
 
 
 def watch(clients: Callable[..., Client], bt: BrokerThread, version: int = MQTT5) -> Client:
