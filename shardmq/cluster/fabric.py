@@ -29,6 +29,8 @@ class Fabric:
     distributed = False
     shard_id = 0
     workers = 1
+    #: True while another shard holds a shared subscription
+    remote_shared = False
 
     def attach(self, shard: Any) -> None:
         self.shard = shard

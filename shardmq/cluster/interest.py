@@ -79,6 +79,9 @@ class Interest:
             else:
                 self._shared.remove(inner, key)
 
+    def has_shared(self) -> bool:
+        return len(self._shared) > 0
+
     def shards_for(self, topic: str) -> set[int]:
         """Shards with a plain subscription matching ``topic``."""
         out: set[int] = set()
@@ -89,6 +92,8 @@ class Interest:
     def shared_for(self, topic: str) -> dict[tuple[str, str], dict[int, int]]:
         """(group, filter) -> {shard: members} for every shared group matching ``topic``."""
         out: dict[tuple[str, str], dict[int, int]] = {}
+        if not len(self._shared):
+            return out  # no shared subscriptions elsewhere: skip the walk
         for subs in self._shared.match(topic):
             for (group, inner, shard), members in subs.items():
                 out.setdefault((group, inner), {})[shard] = members

@@ -260,6 +260,7 @@ class LocalFabric(Fabric):
             log.warning("shard %d: lost shard %d, forgetting its interest", self.shard_id, peer)
             self.alive.discard(peer)
             self.interest.drop_shard(peer)
+            self.remote_shared = self.interest.has_shared()
             for req, (target, fut) in list(self._pending.items()):
                 if target == peer and not fut.done():
                     fut.set_result(None)
@@ -423,10 +424,13 @@ class LocalFabric(Fabric):
             )
         elif kind == m.SUB_ADD:
             self.interest.add(peer, frame[1])
+            self.remote_shared = self.interest.has_shared()
         elif kind == m.SUB_DEL:
             self.interest.remove(peer, frame[1])
+            self.remote_shared = self.interest.has_shared()
         elif kind == m.INTEREST_FULL:
             self.interest.set_full(peer, [(f, c) for f, c in frame[1]])
+            self.remote_shared = self.interest.has_shared()
         elif kind == m.RETAIN:
             self._apply_retained(frame[1], frame[2], frame[3])
         elif kind == m.RETAINED_FULL:

@@ -38,14 +38,21 @@ STATS = 16  # [.., shard_id, {name: value}]
 REPLY = frozenset({CLAIMED, SESSION, PONG})
 
 
+#: what a forwarded message keeps: topic alias and subscription identifiers
+#: are per connection, message expiry travels as time left
+FORWARDED = ("payload_format_indicator", "content_type", "response_topic", "correlation_data")
+
+
 def pack_properties(props: Properties | None) -> dict[str, Any] | None:
     if props is None:
         return None
     out: dict[str, Any] = {}
-    for name, value in props.items():
-        if name == "user_properties":
-            value = [list(pair) for pair in value]  # type: ignore[attr-defined]
-        out[name] = value
+    for name in FORWARDED:
+        value = getattr(props, name)
+        if value is not None:
+            out[name] = value
+    if props.user_properties is not None:
+        out["user_properties"] = [list(pair) for pair in props.user_properties]
     return out or None
 
 

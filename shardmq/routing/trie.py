@@ -78,11 +78,20 @@ class SubscriptionTrie(Generic[K, V]):
     matching.
     """
 
-    __slots__ = ("_root", "_count")
+    __slots__ = ("_root", "_count", "_cache")
+
+    #: topics whose match results are remembered between changes to the trie
+    CACHE_SIZE = 4096
 
     def __init__(self) -> None:
         self._root: _Node[K, V] = self._new_node()
         self._count = 0
+        # topic -> match result. Most traffic repeats a bounded set of topics,
+        # and subscriptions change far less often than messages arrive: one
+        # dict lookup then replaces the walk. Any add of a new (filter, key)
+        # or any removal empties it, since either can change which nodes
+        # match; replacing a value mutates a dict already in the results.
+        self._cache: dict[str, list[dict[K, V]]] = {}
 
     def _new_node(self) -> _Node[K, V]:
         return _Node({})
@@ -104,6 +113,7 @@ class SubscriptionTrie(Generic[K, V]):
         subscribers[key] = value
         if is_new:
             self._count += 1
+            self._cache.clear()
         return is_new
 
     def remove(self, topic_filter: str, key: K) -> bool:
@@ -123,6 +133,7 @@ class SubscriptionTrie(Generic[K, V]):
             return False
         del node.subscribers[key]
         self._count -= 1
+        self._cache.clear()
         for parent, level in reversed(path):
             if node.subscribers or node.children:
                 break
@@ -143,9 +154,20 @@ class SubscriptionTrie(Generic[K, V]):
     def match(self, topic: str) -> list[dict[K, V]]:
         """The subscriber dicts of every filter that matches ``topic``.
 
-        The dicts are the trie's own: read them, do not mutate them, and do
-        not keep them across a call that changes the trie.
+        The dicts and the list are the trie's own: read them, do not mutate
+        them, and do not keep them across a call that changes the trie.
         """
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
+        result = self._match(topic)
+        cache = self._cache
+        if len(cache) >= self.CACHE_SIZE:
+            cache.clear()
+        cache[topic] = result
+        return result
+
+    def _match(self, topic: str) -> list[dict[K, V]]:
         result: list[dict[K, V]] = []
         levels = topic.split("/")
         if topic[:1] == "$":

@@ -585,29 +585,20 @@ class Connection(asyncio.Protocol):
             self._timer = None
         if ka:
             self._timer = self.loop.call_later(self.keep_alive, self._on_timer)
-        ack_props = None
-        if v5:
-            ack_props = Properties()
+        per_client = v5 and (
+            server_expiry != expiry
+            or not packet.client_id
+            or server_ka is not None
+            or (props.request_response_information and cfg.response_information)
+            or self.auth_method is not None
+        )
+        if per_client:
+            ack_props = shard.connack_properties()
             if server_expiry != expiry:
                 ack_props.session_expiry_interval = server_expiry
-            if cfg.receive_maximum != 65535:
-                ack_props.receive_maximum = cfg.receive_maximum
-            if cfg.maximum_qos < 2:
-                ack_props.maximum_qos = cfg.maximum_qos
-            if not cfg.retain_available:
-                ack_props.retain_available = 0
-            ack_props.maximum_packet_size = cfg.max_packet_size
             if not packet.client_id:
                 # only when the client sent an empty one [MQTT-3.2.2-16]
                 ack_props.assigned_client_identifier = self.client_id
-            if cfg.topic_alias_maximum:
-                ack_props.topic_alias_maximum = cfg.topic_alias_maximum
-            if not cfg.wildcard_subscription_available:
-                ack_props.wildcard_subscription_available = 0
-            if not cfg.subscription_identifier_available:
-                ack_props.subscription_identifier_available = 0
-            if not cfg.shared_subscription_available:
-                ack_props.shared_subscription_available = 0
             if server_ka is not None:
                 ack_props.server_keep_alive = server_ka
             if props.request_response_information and cfg.response_information:
@@ -616,8 +607,12 @@ class Connection(asyncio.Protocol):
                 ack_props.authentication_method = self.auth_method
                 if auth_data is not None:
                     ack_props.authentication_data = auth_data
+            connack = encode(Connack(present, ReasonCode.SUCCESS, ack_props), MQTT5)
+        else:
+            # the common case: the same bytes for every client (cached per shard)
+            connack = shard.connack_bytes(self.version, present)
         self.decoder.max_packet_size = cfg.max_packet_size
-        self.send(Connack(present, ReasonCode.SUCCESS, ack_props))
+        self.write(connack)
         self.state = CONNECTED
         log.debug(
             "client %s connected (v%d, session present %s)", self.client_id, self.version, present
@@ -651,7 +646,7 @@ class Connection(asyncio.Protocol):
                 self.shard.stats.messages_dropped += 1
                 self._cut_off_slow_consumer()
                 return
-            tmpl = msg.template
+            tmpl = msg.template or msg.encoder()
             if self.version == MQTT311:
                 data = tmpl.encode_simple(MQTT311, retain)
             elif ids is None and expiry is None and not self.client_alias_max:
@@ -702,7 +697,7 @@ class Connection(asyncio.Protocol):
     ) -> bytes | None:
         """Encode one delivery for this client; None when it exceeds the
         client's Maximum Packet Size (a topic alias is only kept when sent)."""
-        tmpl = msg.template
+        tmpl = msg.template or msg.encoder()
         limit = self.client_max_packet
         if self.version == MQTT311:
             data = tmpl.encode(MQTT311, qos, retain, dup, pid, None, 0, True, None)

@@ -59,7 +59,15 @@ class Message:
         self.expiry_at = expiry_at
         #: client id of the publisher (for No Local), None for server messages
         self.origin = origin
-        self.template = PublishTemplate(topic, payload, properties)
+        #: built on first delivery (a message only handed to other shards never needs it)
+        self.template: PublishTemplate | None = None
+
+    def encoder(self) -> PublishTemplate:
+        """The message's fan-out encoder (topic, properties and payload encoded once)."""
+        tmpl = self.template
+        if tmpl is None:
+            tmpl = self.template = PublishTemplate(self.topic, self.payload, self.properties)
+        return tmpl
 
 
 class Subscription:

@@ -34,8 +34,9 @@ from ..cluster import messages as wire
 from ..cluster.fabric import Fabric
 from ..config import Config
 from ..hooks import Hooks
+from ..protocol.codec import encode
 from ..protocol.constants import ReasonCode
-from ..protocol.packets import Connect, Properties, Will
+from ..protocol.packets import Connack, Connect, Properties, Will
 from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
@@ -87,6 +88,7 @@ class Shard:
         self.fabric = fabric or Fabric()
         self.fabric.attach(self)
         self._share_rr: dict[tuple[str, str], int] = {}
+        self._connacks: dict[int, bytes] = {}
         self.sessions: dict[str, Session] = {}
         self.trie: SubscriptionTrie[str, Subscription] = SubscriptionTrie()
         self.shared: SharedSubscriptions[str, Subscription] = SharedSubscriptions()
@@ -110,6 +112,38 @@ class Shard:
         self._sys_handle: asyncio.TimerHandle | None = None
         self.closing = False
         self._id_counter = 0
+
+    # -- CONNACK -------------------------------------------------------------------
+
+    def connack_properties(self) -> Properties:
+        """The CONNACK properties every v5 client gets: the real limits and
+        capabilities of this broker (spec 3.2.2.3)."""
+        cfg = self.config
+        props = Properties(maximum_packet_size=cfg.max_packet_size)
+        if cfg.receive_maximum != 65535:
+            props.receive_maximum = cfg.receive_maximum
+        if cfg.maximum_qos < 2:
+            props.maximum_qos = cfg.maximum_qos
+        if not cfg.retain_available:
+            props.retain_available = 0
+        if cfg.topic_alias_maximum:
+            props.topic_alias_maximum = cfg.topic_alias_maximum
+        if not cfg.wildcard_subscription_available:
+            props.wildcard_subscription_available = 0
+        if not cfg.subscription_identifier_available:
+            props.subscription_identifier_available = 0
+        if not cfg.shared_subscription_available:
+            props.shared_subscription_available = 0
+        return props
+
+    def connack_bytes(self, version: int, session_present: bool) -> bytes:
+        key = version * 2 + session_present
+        data = self._connacks.get(key)
+        if data is None:
+            props = self.connack_properties() if version == 5 else None
+            data = encode(Connack(session_present, ReasonCode.SUCCESS, props), version)
+            self._connacks[key] = data
+        return data
 
     # -- write coalescing ------------------------------------------------------
 
@@ -400,7 +434,9 @@ class Shard:
         matched = self.route_local(msg)
         fabric = self.fabric
         if fabric.distributed:
-            matched += self._route_shared_everywhere(msg) + fabric.forward(msg)
+            if self.shared or fabric.remote_shared:
+                matched += self._route_shared_everywhere(msg)
+            matched += fabric.forward(msg)
         elif self.shared:
             matched += self._route_shared(msg)
         return matched

@@ -270,8 +270,9 @@ def _build_counting(unrelated: int) -> _CountingTrie:
 
 
 def _lookups(trie: _CountingTrie, topic: str) -> tuple[int, int]:
+    # the walk itself, not the per-topic result cache in front of it
     _CountingDict.lookups = 0
-    result = trie.match(topic)
+    result = trie._match(topic)
     return _CountingDict.lookups, sum(len(d) for d in result)
 
 
@@ -308,3 +309,23 @@ def test_routing_package_is_pure() -> None:
                 continue
             for name in names:
                 assert name.split(".")[0] not in forbidden, (path.name, name)
+
+
+def test_match_cache_follows_changes() -> None:
+    """Repeated topics are answered from the cache, and every change to the
+    trie that could alter a result empties it."""
+    trie: SubscriptionTrie[str, int] = SubscriptionTrie()
+    trie.add("a/+", "k1", 1)
+    first = trie.match("a/b")
+    assert trie.match("a/b") is first  # served from the cache
+    trie.add("a/#", "k2", 2)  # a new filter that matches
+    assert sorted(k for d in trie.match("a/b") for k in d) == ["k1", "k2"]
+    trie.add("a/+", "k1", 10)  # a replaced value shows through the cached dicts
+    assert [d["k1"] for d in trie.match("a/b") if "k1" in d] == [10]
+    trie.remove("a/#", "k2")
+    assert [k for d in trie.match("a/b") for k in d] == ["k1"]
+    trie.remove("a/+", "k1")
+    assert trie.match("a/b") == []
+    for i in range(SubscriptionTrie.CACHE_SIZE + 10):  # bounded
+        trie.match(f"t/{i}")
+    assert len(trie._cache) <= SubscriptionTrie.CACHE_SIZE
