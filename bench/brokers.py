@@ -3,7 +3,8 @@
 ``Mosquitto`` writes its own configuration (no drops under load, Nagle off, no persistence)
 and installs Debian's package when ``/usr/sbin/mosquitto`` is missing; ``Shardmq`` runs
 ``python -m shardmq serve``. Both can be pinned to CPUs and expose ``pid`` so the load
-generator can sample their CPU and memory.
+generator can sample their CPU and memory. With ``ws=True`` both also serve MQTT over
+WebSocket on ``ws_port`` (path ``/mqtt``, subprotocol ``mqtt``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,17 @@ class Broker:
 
     name = "broker"
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", cpus: list[int] | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        cpus: list[int] | None = None,
+        ws: bool = False,
+    ):
         self.host = host
         self.port = port or free_port(host)
+        #: MQTT over WebSocket port (0: no WebSocket listener)
+        self.ws_port = free_port(host) if ws else 0
         self.cpus = cpus or []
         self.proc: subprocess.Popen | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -81,6 +90,8 @@ class Broker:
         log.close()
         try:
             wait_listening(self.host, self.port, self.proc)
+            if self.ws_port:
+                wait_listening(self.host, self.ws_port, self.proc)
         except BrokerError as exc:
             tail = self.log_tail()
             self.stop()
@@ -148,6 +159,9 @@ class Mosquitto(Broker):
         ensure_mosquitto()
         conf = self.workdir / "mosquitto.conf"
         lines = [f"listener {self.port} {self.host}", *self.SETTINGS]
+        if self.ws_port:
+            # Debian builds Mosquitto with libwebsockets; a build without it refuses this.
+            lines += [f"listener {self.ws_port} {self.host}", "protocol websockets"]
         conf.write_text("\n".join(lines) + "\n")
         return [MOSQUITTO, "-c", str(conf)]
 
@@ -193,6 +207,8 @@ class Shardmq(Broker):
             cmd += ["--host", self.host]
         if self.workers != "1":
             cmd += ["--workers", self.workers]
+        if self.ws_port:
+            cmd += ["--ws-port", str(self.ws_port)]
         # Like the Mosquitto configuration: no $SYS traffic, only warnings logged.
         if serve_accepts("--sys-interval"):
             cmd += ["--sys-interval", "0"]

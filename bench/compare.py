@@ -57,6 +57,19 @@ class Scenario:
     timeout: float = 120.0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    transport: str = "tcp"  # "ws": brokers get a WebSocket listener, bench.load --transport ws
+    baseline: str = ""  # a scenario whose first figure this table shows beside its own
+
+
+#: Arguments shared by S3 and S3-WS.
+S3_ARGS = (
+    "--pattern", "pairwise", "--pubs", "100", "--subs", "100", "--qos", "0",
+    "--size", "64", "--duration", "10", "--warmup", "2",
+)  # fmt: skip
+S3_QUICK_ARGS = (
+    "--pattern", "pairwise", "--pubs", "20", "--subs", "20", "--qos", "0",
+    "--size", "64", "--duration", "2", "--warmup", "0.5",
+)  # fmt: skip
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -80,15 +93,30 @@ SCENARIOS: tuple[Scenario, ...] = (
         "S3",
         "Pairwise QoS 0, 100 pub -> 100 sub, 64 B, saturated",
         "pubsub",
-        ("--pattern", "pairwise", "--pubs", "100", "--subs", "100", "--qos", "0")
-        + ("--size", "64", "--duration", "10", "--warmup", "2"),
-        ("--pattern", "pairwise", "--pubs", "20", "--subs", "20", "--qos", "0")
-        + ("--size", "64", "--duration", "2", "--warmup", "0.5"),
+        S3_ARGS,
+        S3_QUICK_ARGS,
         (
             ("delivered msg/s", "delivered_per_s"),
             ("lost", "lost"),
             ("p99 us", "latency_us.p99"),
         ),
+    ),
+    Scenario(
+        "S3-WS",
+        "S3 over WebSocket: pairwise QoS 0, 100 pub -> 100 sub, 64 B, saturated",
+        "pubsub",
+        S3_ARGS,
+        S3_QUICK_ARGS,
+        (
+            ("delivered msg/s", "delivered_per_s"),
+            ("lost", "lost"),
+            ("p99 us", "latency_us.p99"),
+        ),
+        transport="ws",
+        baseline="S3",
+        notes="S3 with every client on the broker's WebSocket listener (path /mqtt, "
+        "subprotocol mqtt): one masked binary frame per generator write, the broker's frames "
+        "as they come. The S3 columns are the same broker's TCP figure from this comparison.",
     ),
     Scenario(
         "S4",
@@ -166,14 +194,20 @@ class Target:
     kind: str  # "shardmq" | "mosquitto"
     workers: str = "1"
     skip: str = ""
+    #: scenario key -> why this target does not run it (e.g. no WebSocket support)
+    skips: dict[str, str] = field(default_factory=dict)
 
     def make(self, scenario: Scenario, cpus: list[int]) -> Broker:
+        ws = scenario.transport == "ws"
         if self.kind == "mosquitto":
-            return Mosquitto(cpus=cpus)
+            return Mosquitto(cpus=cpus, ws=ws)
         workers = self.workers
         if scenario.min_workers > 1 and workers != "auto" and int(workers) < scenario.min_workers:
             workers = str(scenario.min_workers)
-        return Shardmq(workers=workers, cpus=cpus)
+        return Shardmq(workers=workers, cpus=cpus, ws=ws)
+
+    def runs(self, scenario: Scenario) -> bool:
+        return not self.skip and scenario.key not in self.skips
 
 
 def get(result: dict[str, Any], path: str) -> Any:
@@ -189,7 +223,11 @@ def run_generator(
     scenario: Scenario, broker: Broker, args: tuple[str, ...], gen_cpus: list[int]
 ) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.load", scenario.mode, *args]
-    cmd += ["--port", str(broker.port), "--broker-pid", str(broker.pid), "--quiet"]
+    port = broker.port
+    if scenario.transport == "ws":
+        cmd += ["--transport", "ws"]
+        port = broker.ws_port
+    cmd += ["--port", str(port), "--broker-pid", str(broker.pid), "--quiet"]
     # One generator process per generator CPU; more where the open-file limit needs them.
     cmd += ["--procs", str(max(scenario.gen_procs, len(gen_cpus)))]
     if gen_cpus:
@@ -234,6 +272,21 @@ def why_not_starting(workers: str) -> str:
         return f"shardmq --workers {workers} did not start: {' / '.join(lines[-2:])}"
 
 
+def why_no_websockets(target: Target) -> str:
+    """Empty if ``target`` starts with a WebSocket listener here, else the reason it did not."""
+    if target.kind != "mosquitto":
+        return ""  # shardmq always has --ws-port; a failure shows up as a failed run
+    try:
+        with Mosquitto(ws=True):
+            return ""
+    except BrokerError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        return (
+            f"Mosquitto {mosquitto_version()} did not start a websockets listener "
+            f"({' / '.join(lines[-2:])})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS))
@@ -254,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     targets = plan_targets([w.strip() for w in opts.workers_list.split(",") if w.strip()])
+    for scenario in scenarios:
+        if scenario.transport == "ws":
+            for t in targets:
+                why = "" if t.skip else why_no_websockets(t)
+                if why:
+                    t.skips[scenario.key] = why
+                    log(f"{scenario.key}: {t.label} skipped: {why}")
 
     command = "python -m bench.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     started = datetime.datetime.now(datetime.UTC)
@@ -274,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_path = out.parent / "results.json"
     for scenario in scenarios:
         args = scenario.quick_args if opts.quick else scenario.args
-        active = [t for t in targets if not t.skip]
+        active = [t for t in targets if t.runs(scenario)]
         for rep in range(opts.repeat):
             order = active if rep % 2 == 0 else list(reversed(active))
             for target in order:
@@ -434,9 +494,18 @@ def render_markdown(
         if scenario.notes:
             lines += [scenario.notes, ""]
         args = " ".join(scenario.quick_args if raw["quick"] else scenario.args)
+        if scenario.transport != "tcp":
+            args += f" --transport {scenario.transport}"
         lines += [f"`python -m bench.load {scenario.mode} {args}`", ""]
+        baseline = next((s for s in scenarios if s.key == scenario.baseline), None)
         header = ["broker", "runs", *[label for label, _ in scenario.metrics]]
-        header += ["vs Mosquitto", "generator CPU", "broker CPU"]
+        header += ["vs Mosquitto"]
+        if baseline is not None:
+            header += [
+                f"{baseline.key} ({baseline.transport.upper()}) {baseline.metrics[0][0]}",
+                f"{scenario.transport.upper()} / {baseline.transport.upper()}",
+            ]
+        header += ["generator CPU", "broker CPU"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         base, _, _ = medians(runs, scenario, mosq)
@@ -445,11 +514,19 @@ def render_markdown(
         for t in targets:
             if t.skip:
                 continue
+            if scenario.key in t.skips:
+                notes.append(f"- {t.label}: not run: {t.skips[scenario.key]}")
+                continue
             med, n, failures = medians(runs, scenario, t)
             ratio = "-"
             if t is not mosq and med[first_path] and base[first_path]:
                 ratio = f"{med[first_path] / base[first_path]:.2f}x"
             row = [t.label, str(n), *[fmt(med[p]) for _, p in scenario.metrics], ratio]
+            if baseline is not None:
+                other = medians(runs, baseline, t)[0].get(baseline.metrics[0][1])
+                row.append(fmt(other))
+                own = med[first_path]
+                row.append(f"{own / other:.2f}x" if own and other else "-")
             row += [fmt(med["generator_cpu.cores"]), fmt(med["broker_cpu.cores"])]
             lines.append("| " + " | ".join(row) + " |")
             for failure in sorted(set(failures)):
@@ -497,7 +574,7 @@ def draw_charts(
         log("matplotlib is not installed (pip install matplotlib): no charts")
         return []
     active = [t for t in targets if not t.skip]
-    written = []
+    written = []  # a target skipped for one scenario only shows as a zero bar there
     throughput = [s for s in scenarios if s.higher_is_better and s.key != "S7"]
     if throughput:
         fig, axes = plt.subplots(1, len(throughput), figsize=(3.2 * len(throughput), 3.6))

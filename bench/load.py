@@ -22,6 +22,14 @@ by all processes on a host, which is also what makes cross-process latency valid
 process answers with its results. Timed windows are absolute too: every process computes the
 same warm-up end and measurement end from the start time.
 
+WebSocket (``--transport ws``): each client first sends the HTTP Upgrade request (``GET
+--ws-path``, subprotocol ``mqtt``) and checks the 101 and its Sec-WebSocket-Accept; from then on
+every ``transport.write`` becomes one masked binary frame (``WsTransport``: a fixed mask key per
+connection, applied as one big-integer XOR with the repeated key cached per payload length),
+and ``WsClient.data_received`` walks the server's unmasked frames, handing the payload bytes of
+binary and continuation frames to the MQTT walk above without waiting for a frame to complete
+(MQTT over WebSocket is a byte stream: a packet may span frames and a frame may carry several).
+
 Loss and duplicates: a subscriber keeps, per publisher, the next expected sequence number and
 a set of the numbers it skipped. In-order delivery costs one dict lookup; a gap records the
 missing numbers, a late arrival removes one, anything else is a duplicate. Lost = sent minus
@@ -83,6 +91,8 @@ class Options:
     connect_timeout: float = 10.0
     concurrency: int = 64
     quiet: bool = False
+    transport: str = "tcp"
+    ws_path: str = "/mqtt"
     prefix: str = ""
     # conn / sub
     count: int = 1000
@@ -273,6 +283,12 @@ class Client(asyncio.Protocol):
         self.wake_local = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def forget_futures(self) -> None:
+        """Mark a failed connection's futures retrieved (no 'exception never retrieved')."""
+        for fut in (self.connack, getattr(self, "upgraded", None)):
+            if fut is not None and fut.done() and not fut.cancelled():
+                fut.exception()
 
     def connection_made(self, transport: Any) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -536,6 +552,208 @@ class Client(asyncio.Protocol):
         # else: the QoS 1/2 in-flight window is full; the next ack pumps again
 
 
+class UpgradeError(ConnectionError):
+    """The server did not accept the WebSocket upgrade."""
+
+
+class WsTransport:
+    """The write side of an MQTT-over-WebSocket connection: one masked binary frame per write.
+
+    Client frames must be masked [RFC 6455 5.3]. The key is fixed per connection (RFC 6455
+    wants a fresh one per frame so that a script in a browser cannot choose the bytes on the
+    wire; a load generator has no such adversary), so the key repeated over a payload's length
+    and the frame header are computed once per length and cached: a publisher's batches all
+    have the same length. Masking is then one XOR of two big integers over the whole payload.
+    """
+
+    __slots__ = ("raw", "mask", "cache")
+
+    #: Distinct payload lengths cached per connection, and the largest one cached.
+    CACHE_ENTRIES = 32
+    CACHE_MAX_LEN = 1 << 18
+
+    def __init__(self, raw: Any, mask: bytes) -> None:
+        self.raw = raw
+        self.mask = mask
+        self.cache: dict[int, tuple[bytes, int]] = {}
+
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        if not n:
+            return
+        entry = self.cache.get(n)
+        if entry is None:
+            entry = (wire.ws_masked_header(n, self.mask), wire.ws_mask_int(self.mask, n))
+            if len(self.cache) < self.CACHE_ENTRIES and n <= self.CACHE_MAX_LEN:
+                self.cache[n] = entry
+        self.raw.write(entry[0] + (int.from_bytes(data, "big") ^ entry[1]).to_bytes(n, "big"))
+
+    def control(self, opcode: int, payload: bytes) -> None:
+        """A control frame (pong, close); its payload is at most 125 bytes."""
+        head = wire.ws_masked_header(len(payload), self.mask, opcode)
+        self.raw.write(head + wire.ws_unmask(payload, self.mask))
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self.raw.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.raw.get_extra_info(name, default)
+
+
+class WsClient(Client):
+    """A ``Client`` speaking MQTT over WebSocket: upgrade first, then frames both ways.
+
+    ``self.transport`` is a ``WsTransport``, so every write of the MQTT code (publish batches,
+    acks, CONNECT, SUBSCRIBE, PINGREQ, DISCONNECT) leaves as one masked frame. Inbound, the
+    payload of binary and continuation frames goes to ``Client.data_received`` as soon as it
+    arrives (``ws_rem`` counts what the current frame still owes); only a frame header cut by
+    a read boundary, or a control frame, waits in ``ws_pending`` for the rest.
+    """
+
+    __slots__ = ("upgraded", "ws_key", "ws_request", "ws_pending", "ws_rem", "ws_open", "ws_closed")
+
+    def __init__(
+        self,
+        meter: Meter,
+        v5: bool,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        path: str,
+    ) -> None:
+        super().__init__(meter, v5, loop)
+        self.upgraded: asyncio.Future[None] = loop.create_future()
+        self.ws_key = wire.ws_key()
+        self.ws_request = wire.ws_upgrade_request(host, port, path, self.ws_key)
+        self.ws_pending = b""
+        self.ws_rem = 0
+        self.ws_open = False
+        self.ws_closed = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(WsTransport(transport, os.urandom(4)))
+        transport.write(self.ws_request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ws_open and not self.connack.done():
+            self.connack.cancel()  # nobody awaits it before the upgrade: nothing to report
+        super().connection_lost(exc)
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionError("closed before the WebSocket upgrade"))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ws_open:
+            data = self._upgrade_response(data)
+            if not data:
+                return
+        rem = self.ws_rem
+        if self.ws_pending:
+            data = self.ws_pending + data
+            self.ws_pending = b""
+        n = len(data)
+        if rem >= n:  # all of it is payload of the frame in progress
+            self.ws_rem = rem - n
+            Client.data_received(self, data)
+            return
+        chunks: list[bytes] = []
+        i = 0
+        while True:
+            if rem:
+                end = i + rem
+                if end > n:
+                    chunks.append(data[i:])
+                    rem = end - n
+                    break
+                chunks.append(data[i:end])
+                i = end
+                rem = 0
+            if i >= n:
+                break
+            if i + 2 > n:
+                self.ws_pending = data[i:]
+                break
+            b0 = data[i]
+            length = data[i + 1]
+            p = i + 2
+            if length & 0x80:
+                self.meter.error("WebSocket: masked server frame")  # [RFC 6455 5.1]
+                self.transport.abort()
+                return
+            if length == 126:
+                p += 2
+                if p > n:
+                    self.ws_pending = data[i:]
+                    break
+                length = (data[p - 2] << 8) | data[p - 1]
+            elif length == 127:
+                p += 8
+                if p > n:
+                    self.ws_pending = data[i:]
+                    break
+                length = int.from_bytes(data[p - 8 : p], "big")
+            opcode = b0 & 0x0F
+            if opcode == wire.WS_OP_BINARY or opcode == wire.WS_OP_CONT:
+                rem = length
+                i = p
+                continue
+            end = p + length
+            if end > n:  # a control frame is handled whole (at most 125 bytes)
+                self.ws_pending = data[i:]
+                break
+            self._ws_control(opcode, data[p:end])
+            i = end
+        self.ws_rem = rem
+        if chunks:
+            Client.data_received(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _upgrade_response(self, data: bytes) -> bytes:
+        """Consume the HTTP response; return the bytes after it once the upgrade is accepted."""
+        buf = self.ws_pending + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self.ws_pending = buf
+            if len(buf) > 65536:
+                self._upgrade_failed("response headers too long")
+            return b""
+        self.ws_pending = b""
+        why = wire.ws_check_response(buf[:end], self.ws_key)
+        if why:
+            self._upgrade_failed(why)
+            return b""
+        self.ws_open = True
+        if not self.upgraded.done():
+            self.upgraded.set_result(None)
+        return buf[end + 4 :]
+
+    def _upgrade_failed(self, why: str) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(UpgradeError(why))
+        self.transport.abort()
+
+    def _ws_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == wire.WS_OP_PING:
+            if self.is_open and not self.ws_closed:
+                self.transport.control(wire.WS_OP_PONG, payload)
+        elif opcode == wire.WS_OP_CLOSE:
+            # Answer with the same status code [RFC 6455 5.5.1]; the server then closes TCP
+            # (so TIME_WAIT stays on its side, as with a plain MQTT DISCONNECT).
+            if self.is_open and not self.ws_closed:
+                self.ws_closed = True
+                self.transport.control(wire.WS_OP_CLOSE, payload[:2])
+        elif opcode == wire.WS_OP_PONG:
+            pass
+        elif opcode == wire.WS_OP_TEXT:
+            self.meter.error("WebSocket: text frame")  # [MQTT-6.0.0-1] binary frames only
+        else:
+            self.meter.error(f"WebSocket: opcode {opcode}")
+
+
 class Generator:
     """One generator process: its share of the clients and the pipe to the parent."""
 
@@ -600,7 +818,7 @@ class Generator:
         """Connect one client and wait for its CONNACK; None (and an error counted) on failure."""
         opts = self.opts
         loop = self.loop
-        client = Client(self.meter, opts.protocol == 5, loop)
+        client = self.new_client()
         addrs = opts.source_addrs
         try:
             async with asyncio.timeout(opts.connect_timeout):
@@ -610,15 +828,20 @@ class Generator:
                     # uvloop's create_connection: half the CPU of the path above, and its
                     # transports set TCP_NODELAY.
                     await loop.create_connection(lambda: client, opts.host, opts.port)
+                if isinstance(client, WsClient):
+                    await client.upgraded
                 client.transport.write(
                     wire.connect(self.client_id(role, index), opts.protocol, opts.keepalive)
                 )
                 code = await client.connack
         except (OSError, TimeoutError, ConnectionError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            if isinstance(exc, UpgradeError):
+                kind = f"WebSocket upgrade: {exc}"
             self.meter.error(f"connect: {kind}")
             if client.transport is not None:
                 client.transport.abort()
+            client.forget_futures()
             return None
         if code != 0:
             self.meter.error(f"CONNACK 0x{code:02x}")
@@ -627,6 +850,13 @@ class Generator:
             return None
         self.connect_last = monotonic_ns()
         return client
+
+    def new_client(self) -> Client:
+        opts = self.opts
+        v5 = opts.protocol == 5
+        if opts.transport == "ws":
+            return WsClient(self.meter, v5, self.loop, opts.host, opts.port, opts.ws_path)
+        return Client(self.meter, v5, self.loop)
 
     async def connect_from(self, client: Client, source: str) -> None:
         """Connect from a chosen source address, the port picked by connect() itself.
@@ -1402,6 +1632,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=1883)
     g.add_argument("--protocol", type=int, choices=(5, 4), default=5, help="MQTT 5.0 or 3.1.1")
+    g.add_argument(
+        "--transport",
+        choices=("tcp", "ws"),
+        default="tcp",
+        help="plain MQTT over TCP, or MQTT over WebSocket (masked binary frames)",
+    )
+    g.add_argument("--ws-path", default="/mqtt", help="WebSocket request path (default /mqtt)")
     g.add_argument("--procs", type=int, default=0, help="generator processes (default: CPUs)")
     g.add_argument("--cpus", type=_int_list, default=[], help="pin processes, e.g. 1 or 2,3")
     g.add_argument(

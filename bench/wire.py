@@ -9,10 +9,17 @@ function call per packet is the largest cost the generator can avoid.
 
 This module does not validate what a broker sends; a benchmark against a broker that speaks
 malformed MQTT fails loudly in the parser instead.
+
+The WebSocket helpers at the end (``--transport ws``) build the client's Upgrade request,
+check the server's answer and build masked frame headers; framing itself lives in
+``WsTransport`` and ``WsClient`` (bench/load.py).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import struct
 
 # Packet types (high nibble of the first byte), MQTT 5.0 section 2.1.2.
@@ -159,3 +166,81 @@ def _skip_property(body: bytes, ident: int, pos: int) -> int:
     for _ in range(-width):
         pos += 2 + struct.unpack_from(">H", body, pos)[0]
     return pos
+
+
+# --------------------------------------------------------------------------------------------
+# MQTT over WebSocket (RFC 6455; MQTT 5.0 section 6): the client side of the handshake and
+# the frame header. Client frames must be masked [RFC 6455 5.3]; server frames never are.
+# --------------------------------------------------------------------------------------------
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+WS_OP_CONT = 0x0
+WS_OP_TEXT = 0x1
+WS_OP_BINARY = 0x2
+WS_OP_CLOSE = 0x8
+WS_OP_PING = 0x9
+WS_OP_PONG = 0xA
+
+
+def ws_key() -> bytes:
+    """A random Sec-WebSocket-Key (base64 of 16 random bytes)."""
+    return base64.b64encode(os.urandom(16))
+
+
+def ws_accept(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept a server must answer ``key`` with [RFC 6455 4.2.2]."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def ws_upgrade_request(host: str, port: int, path: str, key: bytes) -> bytes:
+    """The HTTP/1.1 Upgrade request offering the ``mqtt`` subprotocol [MQTT-6.0.0-3]."""
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: mqtt\r\n"
+        "\r\n"
+    ).encode()
+
+
+def ws_check_response(head: bytes, key: bytes) -> str:
+    """Empty if ``head`` (the response up to the blank line) accepts the upgrade, else why not."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or status[1] != "101":
+        return f"HTTP status {lines[0]!r}"
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("sec-websocket-accept", "").encode() != ws_accept(key):
+        return "wrong Sec-WebSocket-Accept"
+    if headers.get("sec-websocket-protocol", "").lower() != "mqtt":
+        return f"subprotocol {headers.get('sec-websocket-protocol')!r}, not 'mqtt'"
+    return ""
+
+
+def ws_masked_header(length: int, mask: bytes, opcode: int = WS_OP_BINARY) -> bytes:
+    """Header of a final, masked client frame of ``length`` payload bytes, mask key included."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, 0x80 | length)) + mask
+    if length < 0x10000:
+        return bytes((first, 0x80 | 126)) + length.to_bytes(2, "big") + mask
+    return bytes((first, 0x80 | 127)) + length.to_bytes(8, "big") + mask
+
+
+def ws_mask_int(mask: bytes, length: int) -> int:
+    """The mask key repeated over ``length`` bytes, as a big-endian integer to XOR with."""
+    return int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+
+
+def ws_unmask(payload: bytes, mask: bytes) -> bytes:
+    """Masking is its own inverse: unmask (or mask) ``payload`` with ``mask``."""
+    n = len(payload)
+    return (int.from_bytes(payload, "big") ^ ws_mask_int(mask, n)).to_bytes(n, "big")
