@@ -251,18 +251,22 @@ class Shard:
                     session.will_timer = None
                     session.will = None
         if session is None:
-            cfg = self.config
-            session = Session(
-                cid,
-                cfg.max_queued_messages,
-                cfg.queue_drop_policy == "oldest",
-                cfg.queue_qos0_offline,
-            )
-            self.sessions[cid] = session
+            session = self.new_session(cid)
         session.expiry_interval = expiry_interval
         session.connection = conn
         session.will = connect.will
         return session, present
+
+    def new_session(self, client_id: str) -> Session:
+        cfg = self.config
+        session = Session(
+            client_id,
+            cfg.max_queued_messages,
+            cfg.queue_drop_policy == "oldest",
+            cfg.queue_qos0_offline,
+        )
+        self.sessions[client_id] = session
+        return session
 
     def detach(self, conn: Connection, session: Session, send_will: bool) -> None:
         """The connection of ``session`` ended (network close or DISCONNECT)."""
@@ -619,14 +623,7 @@ class Shard:
 
     def install_session(self, client_id: str, state: dict[str, Any]) -> Session:
         """Recreate a session moved here from another shard."""
-        cfg = self.config
-        session = Session(
-            client_id,
-            cfg.max_queued_messages,
-            cfg.queue_drop_policy == "oldest",
-            cfg.queue_qos0_offline,
-        )
-        self.sessions[client_id] = session
+        session = self.new_session(client_id)
         session.expiry_interval = state["expiry"]
         for f, qos, nl, rap, rh, ident in state["subs"]:
             self.subscribe(session, f, qos, nl, rap, rh, ident, want_retained=False)
