@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +37,9 @@ class Cluster:
     def __init__(self, workers: int, extra: list[str] | None = None) -> None:
         self.workers = workers
         self.port = free_port()
-        self.log = open(os.path.join(ROOT, f".cluster-{self.port}.log"), "w+")  # noqa: SIM115
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+", prefix=f"shardmq-cluster-{self.port}-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(
             [
                 sys.executable,
