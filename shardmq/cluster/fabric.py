@@ -54,6 +54,14 @@ class Fabric:
     def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
         pass
 
+    def deliver_to(
+        self, shard_id: int, client_id: str, message: Any, qos: int, retain: bool, ids: Any
+    ) -> None:
+        """Hand one delivery to the session ``client_id`` now owned by ``shard_id``."""
+
+    #: the shards the last :meth:`forward` sent to
+    last_dests: Any = frozenset()
+
     def subscription_added(self, full_filter: str) -> None:
         pass
 

@@ -44,6 +44,7 @@ from .interest import Interest
 log = logging.getLogger("shardmq.fabric")
 
 REQUEST_TIMEOUT = 2.0
+_NONE: frozenset[int] = frozenset()
 READY_TIMEOUT = 5.0
 _HIGH_WATER = 1024 * 1024
 
@@ -299,11 +300,19 @@ class LocalFabric(Fabric):
 
     def forward(self, message: Any) -> int:
         if not self.interest:
+            self.last_dests = _NONE
             return 0
         shards = self.interest.shards_for(message.topic)
+        self.last_dests = shards
         if not shards:
             return 0
-        frame = [m.PUBLISH, self.shard.pack_message(message, self.loop.time())]
+        # the frame names every shard it goes to, so a shard that just handed
+        # a session over knows whether the new owner got it too
+        frame = [
+            m.PUBLISH,
+            self.shard.pack_message(message, self.loop.time()),
+            [*shards, self.shard_id],  # every shard that routes it
+        ]
         n = 0
         for peer in shards:
             if self._send(peer, "data", frame):
@@ -314,6 +323,12 @@ class LocalFabric(Fabric):
         if not self.interest:
             return {}
         return self.interest.shared_for(topic)
+
+    def deliver_to(
+        self, shard_id: int, client_id: str, message: Any, qos: int, retain: bool, ids: Any
+    ) -> None:
+        packed = self.shard.pack_message(message, self.loop.time())
+        self._send(shard_id, "data", [m.DELIVER, client_id, packed, qos, retain, ids])
 
     def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
         frame = [
@@ -417,7 +432,13 @@ class LocalFabric(Fabric):
         kind = frame[0]
         shard = self.shard
         if kind == m.PUBLISH:
-            shard.route_local(self.shard.unpack_message(frame[1], self.loop.time()))
+            msg = self.shard.unpack_message(frame[1], self.loop.time())
+            shard.route_local(msg)
+            if shard.moved:
+                shard.forward_moved(msg, frame[2])
+        elif kind == m.DELIVER:
+            msg = self.shard.unpack_message(frame[2], self.loop.time())
+            shard.deliver_direct(frame[1], msg, frame[3], frame[4], frame[5])
         elif kind == m.PUBLISH_SHARED:
             shard.deliver_shared(
                 self.shard.unpack_message(frame[1], self.loop.time()), frame[2], frame[3]
@@ -445,7 +466,7 @@ class LocalFabric(Fabric):
             client_id, epoch, clean_start = frame[2], frame[3], frame[4]
             if epoch > self.fence.get(client_id, 0):
                 self.fence[client_id] = epoch
-            state = shard.surrender(client_id, clean_start)
+            state = shard.surrender(client_id, clean_start, new_owner=peer)
             self.epochs.pop(client_id, None)
             self._send(peer, "ctl", [m.SESSION, frame[1], state])
         elif kind in m.REPLY:

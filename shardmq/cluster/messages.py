@@ -19,7 +19,7 @@ INTEREST_FULL = 1  # [.., [[full_filter, count], ...]]
 SUB_ADD = 2  # [.., full_filter]
 SUB_DEL = 3  # [.., full_filter]
 # routing
-PUBLISH = 4  # [.., message]                deliver to local non-shared subscribers
+PUBLISH = 4  # [.., message, [shards sent to]]  deliver to local non-shared subscribers
 PUBLISH_SHARED = 5  # [.., message, group, filter]  deliver to one local member
 # retained replication
 RETAIN = 6  # [.., topic, message | None, stamp]
@@ -35,6 +35,8 @@ SESSION = 13  # [.., req, session state | None]
 RELEASE = 14  # [.., client_id, epoch]                 to the home shard
 OWNED = 15  # [.., [[client_id, epoch], ...]]          re-teach a restarted home
 STATS = 16  # [.., shard_id, {name: value}]
+# a message for one session that moved away from the sending shard
+DELIVER = 17  # [.., client_id, message, qos, retain, subscription ids]
 REPLY = frozenset({CLAIMED, SESSION, PONG})
 
 

@@ -505,6 +505,14 @@ class Connection(asyncio.Protocol):
     async def _acquire_and_accept(self, packet: Connect, auth_data: bytes | None) -> None:
         """Multi-worker broker: claim the client id through its home shard and
         bring the session over from the shard that held it, then accept."""
+        shard = self.shard
+        shard.acquiring.add(self.client_id)
+        try:
+            await self._acquire(packet, auth_data)
+        finally:
+            shard.acquired(self.client_id)
+
+    async def _acquire(self, packet: Connect, auth_data: bytes | None) -> None:
         fabric = self.shard.fabric
         epoch, state = await fabric.acquire(self.client_id, packet.clean_start)
         if self.state == CLOSED:

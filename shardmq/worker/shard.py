@@ -37,7 +37,7 @@ from ..hooks import Hooks
 from ..protocol.codec import encode
 from ..protocol.constants import ReasonCode
 from ..protocol.packets import Connack, Connect, Properties, Will
-from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared
+from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared, topic_matches
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
@@ -89,6 +89,15 @@ class Shard:
         self.fabric.attach(self)
         self._share_rr: dict[tuple[str, str], int] = {}
         self._connacks: dict[int, bytes] = {}
+        #: client id -> (new owner shard, plain subscriptions, deadline) for
+        #: sessions handed to another shard in the last MOVED_GRACE seconds
+        self.moved: dict[str, tuple[int, list[Any], float]] = {}
+        #: client ids being claimed from another shard, and deliveries for them
+        #: that arrived before their session did
+        self.acquiring: set[str] = set()
+        #: messages routed here while a session was being acquired
+        self.held: list[Message] = []
+        self.early: dict[str, list[tuple[Message, int, bool, list[int] | None]]] = {}
         self.sessions: dict[str, Session] = {}
         self.trie: SubscriptionTrie[str, Subscription] = SubscriptionTrie()
         self.shared: SharedSubscriptions[str, Subscription] = SharedSubscriptions()
@@ -229,6 +238,7 @@ class Shard:
         hooks decided), so a refused CONNECT never touches a session.
         """
         cid = conn.client_id
+        self.moved.pop(cid, None)  # the session is (back) here
         session = self.sessions.get(cid)
         if session is not None and session.connection is not None:
             old = session.connection
@@ -441,12 +451,16 @@ class Shard:
             if self.shared or fabric.remote_shared:
                 matched += self._route_shared_everywhere(msg)
             matched += fabric.forward(msg)
+            if self.moved:
+                self.forward_moved(msg, fabric.last_dests)
         elif self.shared:
             matched += self._route_shared(msg)
         return matched
 
     def route_local(self, msg: Message) -> int:
         """Deliver to this shard's plain (non-shared) subscribers."""
+        if self.acquiring:
+            self.held.append(msg)
         matched = 0
         nodes = self.trie.match(msg.topic)
         if nodes:
@@ -571,7 +585,90 @@ class Shard:
 
     # -- sessions moving between shards -------------------------------------------------
 
-    def surrender(self, client_id: str, clean_start: bool) -> dict[str, Any] | None:
+    #: seconds a shard that handed a session over keeps forwarding to it the
+    #: messages that were already on their way here (see forward_moved)
+    MOVED_GRACE = 5.0
+
+    def forward_moved(self, msg: Message, dests: Any) -> None:
+        """Messages routed here for a session that has just moved to another
+        shard: other shards sent them before they learned of the move. Forward
+        each to the new owner, unless the sender sent it there too."""
+        now = self.loop.time()
+        for cid, (owner, subs, deadline) in list(self.moved.items()):
+            if deadline < now:
+                del self.moved[cid]
+                continue
+            if owner in dests:
+                continue
+            qos = -1
+            rap = False
+            ids: list[int] | None = None
+            for topic_filter, sub_qos, no_local, sub_rap, ident in subs:
+                if (no_local and msg.origin == cid) or not topic_matches(topic_filter, msg.topic):
+                    continue
+                qos = max(qos, sub_qos)
+                rap = rap or sub_rap
+                if ident is not None:
+                    ids = [*(ids or []), ident]
+            if qos >= 0:
+                retain = msg.retain if rap else False
+                self.fabric.deliver_to(owner, cid, msg, min(qos, msg.qos), retain, ids)
+
+    def acquired(self, client_id: str) -> None:
+        """The session of ``client_id`` is installed here: deliver what came early."""
+        self.acquiring.discard(client_id)
+        early = self.early.pop(client_id, None)
+        session = self.sessions.get(client_id)
+        held = self.held
+        if not self.acquiring:
+            self.held = []
+        if session is None:
+            return
+        if early:
+            for msg, qos, retain, ids in early:
+                self.deliver(session, msg, qos, retain, ids)
+        # QoS 1/2 messages routed here while the session was on its way: the
+        # shard it came from skipped them, seeing them routed here. (QoS 0 may
+        # be lost; a QoS 1/2 one the old shard had already queued for the
+        # session can arrive twice.)
+        for msg in held:
+            if msg.qos == 0:
+                continue
+            qos = -1
+            rap = False
+            ids: list[int] | None = None
+            for sub in session.subscriptions.values():
+                if sub.group is not None or not topic_matches(sub.topic_filter, msg.topic):
+                    continue
+                if sub.no_local and msg.origin == client_id:
+                    continue
+                qos = max(qos, sub.qos)
+                rap = rap or sub.retain_as_published
+                if sub.identifier is not None:
+                    ids = [*(ids or []), sub.identifier]
+            if qos > 0:
+                self.deliver(session, msg, min(qos, msg.qos), msg.retain if rap else False, ids)
+
+    def deliver_direct(
+        self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None
+    ) -> None:
+        """A delivery forwarded by the shard this session moved from."""
+        session = self.sessions.get(client_id)
+        if session is not None:
+            self.deliver(session, msg, qos, retain, ids)
+            return
+        if client_id in self.acquiring:
+            # forwarded on the data link, it overtook the session itself
+            # (SESSION on the control link): hold it until the session is here
+            self.early.setdefault(client_id, []).append((msg, qos, retain, ids))
+            return
+        moved = self.moved.get(client_id)
+        if moved is not None:  # it moved on again: pass it along
+            self.fabric.deliver_to(moved[0], client_id, msg, qos, retain, ids)
+
+    def surrender(
+        self, client_id: str, clean_start: bool, new_owner: int | None = None
+    ) -> dict[str, Any] | None:
         """Another shard took ``client_id`` over: close our connection (0x8E),
         settle the will, and return the session's state (None for a clean start)."""
         session = self.sessions.get(client_id)
@@ -591,6 +688,21 @@ class Shard:
         state = None if clean_start else self.session_state(session)
         if not clean_start:
             session.will = None
+            if new_owner is not None:
+                subs = [
+                    (
+                        sub.topic_filter,
+                        sub.qos,
+                        sub.no_local,
+                        sub.retain_as_published,
+                        sub.identifier,
+                    )
+                    for sub in session.subscriptions.values()
+                    if sub.group is None
+                ]
+                if subs:
+                    deadline = self.loop.time() + self.MOVED_GRACE
+                    self.moved[client_id] = (new_owner, subs, deadline)
         self.end_session(session)
         return state
 

@@ -337,3 +337,54 @@ def test_tcp_and_websocket_clients_through_workers() -> None:
             ws.loop_stop()
     finally:
         cluster.close()
+
+
+def test_no_loss_while_a_session_moves_between_workers(cluster2: Cluster) -> None:
+    """A QoS 1 stream keeps flowing while its subscriber reconnects again and
+    again, its session moving between workers: messages already on their way
+    to the old owner are forwarded to the new one, none is lost."""
+    import threading
+
+    cid = "mover"
+    sub = cluster2.client(client_id=cid, clean_start=False, session_expiry=300)
+    sub.connect()
+    cluster2.worker_of(cid)
+    sub.subscribe("stream/t", qos=1)
+    pub = cluster2.connect_on(None)
+    stop = threading.Event()
+    sent = [0]
+
+    def publish() -> None:
+        while not stop.is_set():
+            pub.publish("stream/t", str(sent[0]).encode(), qos=1, wait=False)
+            sent[0] += 1
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    got: list[int] = []
+    moves = 0
+    try:
+        for _ in range(14):
+            owner = cluster2.where[cid]
+            got += [int(m.payload) for m in sub.drain(0.05)]
+            sub.disconnect()
+            got += [int(m.payload) for m in sub.drain(0.05)]  # arrived before the close
+            sub = cluster2.client(client_id=cid, clean_start=False, session_expiry=300)
+            sub.connect()
+            if cluster2.worker_of(cid) != owner:
+                moves += 1
+    finally:
+        stop.set()
+        thread.join()
+    # every publish before the marker was accepted once the marker's PUBACK is in
+    assert not pub.publish("stream/t", b"end", qos=1).is_failure
+    while True:
+        payload = sub.get().payload
+        if payload == b"end":
+            break
+        got.append(int(payload))
+    got += [int(m.payload) for m in sub.drain(0.5) if m.payload != b"end"]
+    assert moves > 0, "the session never moved"
+    missing = sorted(set(range(sent[0])) - set(got))
+    assert missing == [], f"{len(missing)} of {sent[0]} lost over {moves} moves: {missing[:10]}"
