@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmq.shard")
 
 NEVER_EXPIRES = 0xFFFFFFFF
+#: messages kept while sessions are being acquired from other shards (a claim
+#: waits at most a few seconds; this bounds the memory it can pin)
+HELD_LIMIT = 100_000
 
 
 class Stats:
@@ -459,7 +462,7 @@ class Shard:
 
     def route_local(self, msg: Message) -> int:
         """Deliver to this shard's plain (non-shared) subscribers."""
-        if self.acquiring:
+        if self.acquiring and len(self.held) < HELD_LIMIT:
             self.held.append(msg)
         matched = 0
         nodes = self.trie.match(msg.topic)
