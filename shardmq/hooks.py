@@ -78,7 +78,6 @@ class ClientHandle:
         "worker_id",
         "broker",
         "certificate_subject",
-        "_connection",
     )
 
     def __init__(
@@ -89,7 +88,6 @@ class ClientHandle:
         remote_address: tuple[str, int] | None,
         worker_id: int,
         broker: Any,
-        connection: Any = None,
     ) -> None:
         self.client_id = client_id
         self.username = username
@@ -98,7 +96,6 @@ class ClientHandle:
         self.worker_id = worker_id
         self.broker = broker
         self.certificate_subject: Any = None
-        self._connection = connection
 
     def __repr__(self) -> str:
         return (

@@ -60,7 +60,7 @@ from ..protocol.packets import (
 )
 from ..protocol.topics import validate_topic_name
 from .session import Message, Outbound, Session
-from .shard import NEVER_EXPIRES, Shard
+from .shard import NEVER_EXPIRES, Shard, remaining_expiry
 
 log = logging.getLogger("shardmq.connection")
 
@@ -187,9 +187,6 @@ class Connection(asyncio.Protocol):
                 shard.congested or shard.unflushed > shard.flush_budget
             ) and self.state == CONNECTED:
                 shard.pause_reader(self)
-
-    def eof_received(self) -> bool | None:
-        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         shard = self.shard
@@ -469,7 +466,6 @@ class Connection(asyncio.Protocol):
             self.peer,
             self.shard.shard_id,
             self.shard.broker,
-            self,
         )
         if tls is not None:
             self.handle.certificate_subject = transport.get_extra_info("certificate_subject")
@@ -638,12 +634,9 @@ class Connection(asyncio.Protocol):
             if session is not None and (qos or session.queue_qos0):
                 session.enqueue((msg, qos, retain, ids))
             return
-        expiry = None
-        if msg.expiry_at is not None:
-            left = msg.expiry_at - self.loop.time()
-            if left <= 0:
-                return  # expired: never delivered [MQTT-3.3.2-5]
-            expiry = int(left) if left == int(left) else int(left) + 1
+        expiry = remaining_expiry(msg, self.loop.time())
+        if expiry == -1:
+            return  # expired: never delivered [MQTT-3.3.2-5]
         if qos == 0:
             transport = self.transport
             if (
@@ -756,14 +749,10 @@ class Connection(asyncio.Protocol):
             self.send(Pubrel(pid))
             return True
         msg = out.message
-        expiry = None
-        if msg.expiry_at is not None:
-            left = msg.expiry_at - self.loop.time()
-            if left <= 0:
-                # expired while waiting: drop it
-                del session.inflight[pid]
-                return False
-            expiry = int(left) + (left != int(left))
+        expiry = remaining_expiry(msg, self.loop.time())
+        if expiry == -1:
+            del session.inflight[pid]  # expired while waiting: drop it
+            return False
         data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
         if data is None:
             del session.inflight[pid]
@@ -794,12 +783,9 @@ class Connection(asyncio.Protocol):
             if qos and len(inflight) >= self.send_window:
                 return
             pending.popleft()
-            expiry = None
-            if msg.expiry_at is not None:
-                left = msg.expiry_at - now
-                if left <= 0:
-                    continue
-                expiry = int(left) + (left != int(left))
+            expiry = remaining_expiry(msg, now)
+            if expiry == -1:
+                continue
             if qos == 0:
                 data = self._encode(msg, 0, retain, False, 0, ids, expiry)
                 if data is not None:

@@ -410,12 +410,7 @@ class Shard:
             and cfg.retain_available
             and (retain_handling == 0 or (retain_handling == 1 and not existed))
         ):
-            now = self.loop.time()
-            for topic, msg in self.retained.match(inner):
-                if msg.expiry_at is not None and msg.expiry_at <= now:
-                    self.retained.delete(topic)
-                    continue
-                retained.append(msg)
+            retained = self.retained_messages(inner)
         return granted, retained
 
     def unsubscribe(self, session: Session, topic_filter: str) -> int:
@@ -519,21 +514,7 @@ class Shard:
         return len(merged)
 
     def _route_shared(self, msg: Message) -> int:
-        n = 0
-        for group in self.shared.match(msg.topic):
-            picked = group.pick(_online) or group.pick()
-            if picked is None:
-                continue
-            cid, sub = picked
-            if sub.no_local and cid == msg.origin:
-                continue
-            n += 1
-            qos = sub.qos if sub.qos < msg.qos else msg.qos
-            ids = None if sub.identifier is None else [sub.identifier]
-            self.deliver(
-                sub.session, msg, qos, msg.retain if sub.retain_as_published else False, ids
-            )
-        return n
+        return sum(self._deliver_to_group(msg, group) for group in self.shared.match(msg.topic))
 
     def _route_shared_everywhere(self, msg: Message) -> int:
         """Each shared group gets the message once broker-wide: round-robin over
@@ -603,19 +584,9 @@ class Shard:
                 continue
             if owner in dests:
                 continue
-            qos = -1
-            rap = False
-            ids: list[int] | None = None
-            for topic_filter, sub_qos, no_local, sub_rap, ident in subs:
-                if (no_local and msg.origin == cid) or not topic_matches(topic_filter, msg.topic):
-                    continue
-                qos = max(qos, sub_qos)
-                rap = rap or sub_rap
-                if ident is not None:
-                    ids = [*(ids or []), ident]
+            qos, retain, ids = _best_match(subs, msg, cid)
             if qos >= 0:
-                retain = msg.retain if rap else False
-                self.fabric.deliver_to(owner, cid, msg, min(qos, msg.qos), retain, ids)
+                self.fabric.deliver_to(owner, cid, msg, qos, retain, ids)
 
     def acquired(self, client_id: str) -> None:
         """The session of ``client_id`` is installed here: deliver what came early."""
@@ -634,23 +605,13 @@ class Shard:
         # shard it came from skipped them, seeing them routed here. (QoS 0 may
         # be lost; a QoS 1/2 one the old shard had already queued for the
         # session can arrive twice.)
+        subs = [sub for sub in session.subscriptions.values() if sub.group is None]
         for msg in held:
             if msg.qos == 0:
                 continue
-            qos = -1
-            rap = False
-            ids: list[int] | None = None
-            for sub in session.subscriptions.values():
-                if sub.group is not None or not topic_matches(sub.topic_filter, msg.topic):
-                    continue
-                if sub.no_local and msg.origin == client_id:
-                    continue
-                qos = max(qos, sub.qos)
-                rap = rap or sub.retain_as_published
-                if sub.identifier is not None:
-                    ids = [*(ids or []), sub.identifier]
+            qos, retain, ids = _best_match(subs, msg, client_id)
             if qos > 0:
-                self.deliver(session, msg, min(qos, msg.qos), msg.retain if rap else False, ids)
+                self.deliver(session, msg, qos, retain, ids)
 
     def deliver_direct(
         self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None
@@ -692,17 +653,7 @@ class Shard:
         if not clean_start:
             session.will = None
             if new_owner is not None:
-                subs = [
-                    (
-                        sub.topic_filter,
-                        sub.qos,
-                        sub.no_local,
-                        sub.retain_as_published,
-                        sub.identifier,
-                    )
-                    for sub in session.subscriptions.values()
-                    if sub.group is None
-                ]
+                subs = [sub for sub in session.subscriptions.values() if sub.group is None]
                 if subs:
                     deadline = self.loop.time() + self.MOVED_GRACE
                     self.moved[client_id] = (new_owner, subs, deadline)
@@ -862,7 +813,8 @@ def _online(cid: str, sub: Subscription) -> bool:
 
 
 def remaining_expiry(msg: Message, now: float) -> int | None:
-    """Seconds left of a message's expiry, rounded up; -1 when expired."""
+    """Seconds left of a message's expiry, rounded up [MQTT-3.3.2-6]; -1 when
+    it has expired; None when it never expires."""
     if msg.expiry_at is None:
         return None
     left = msg.expiry_at - now
@@ -871,5 +823,23 @@ def remaining_expiry(msg: Message, now: float) -> int | None:
     return math.ceil(left)
 
 
-def make_properties_for_connack(**kwargs: Any) -> Properties:
-    return Properties(**{k: v for k, v in kwargs.items() if v is not None})
+def _best_match(
+    subs: list[Subscription], msg: Message, client_id: str
+) -> tuple[int, bool, list[int] | None]:
+    """One client's delivery of ``msg`` through ``subs`` (outside the trie):
+    (QoS, retain flag, subscription ids); QoS -1 when nothing matches."""
+    qos = -1
+    rap = False
+    ids: list[int] | None = None
+    for sub in subs:
+        if sub.no_local and msg.origin == client_id:
+            continue
+        if not topic_matches(sub.topic_filter, msg.topic):
+            continue
+        qos = max(qos, sub.qos)
+        rap = rap or sub.retain_as_published
+        if sub.identifier is not None:
+            ids = [*(ids or []), sub.identifier]
+    if qos < 0:
+        return -1, False, None
+    return min(qos, msg.qos), msg.retain if rap else False, ids
