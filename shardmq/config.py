@@ -108,8 +108,14 @@ class Config:
     #: Largest keep alive accepted; a client asking for more (or for 0 when
     #: this is set below 65535) is told the server keep alive instead.
     max_keep_alive: int = 65535
-    #: When set, overrides every client's keep alive (Server Keep Alive).
+    #: When set, overrides every v5 client's keep alive (Server Keep Alive).
+    #: 3.1.1 has no way to tell a client, so 3.1.1 clients keep their own.
     server_keep_alive: int | None = None
+    #: What a 3.1.1 client asking for a keep alive above max_keep_alive (or
+    #: for 0, while max_keep_alive is below 65535) gets: "refuse" (CONNACK
+    #: return code 2, as Mosquitto's max_keepalive) or "accept" (connected,
+    #: its own keep alive enforced; 0 means never timed out).
+    v311_keep_alive: str = "refuse"
     #: Upper bound on the session expiry a client may ask for (seconds).
     max_session_expiry_interval: int = 0xFFFFFFFF
 
@@ -193,6 +199,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
     "queue_drop_policy": ("oldest", "newest"),
+    "v311_keep_alive": ("refuse", "accept"),
     "store": ("memory",),
 }
 

@@ -77,6 +77,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .topics import is_valid_topic_filter
 
 __all__ = [
     "Decoder",
@@ -192,6 +193,21 @@ def _u16(buf: Buffer, p: int, end: int) -> int:
     return (buf[p] << 8) | buf[p + 1]
 
 
+def _check_response_topic(topic: str) -> None:
+    """A Response Topic is a topic name: not empty, no wildcards [MQTT-3.3.2-14]."""
+    if not topic or "+" in topic or "#" in topic:
+        raise ProtocolViolation(reason_string="response topic is not a topic name [MQTT-3.3.2-14]")
+
+
+def _malformed_filter(topic_filter: str) -> MalformedPacket:
+    """A filter breaking the rules of 4.7.1 / 4.7.3 / 4.8.2 makes its SUBSCRIBE or
+    UNSUBSCRIBE a Malformed Packet ([MQTT-4.7.1-1], [MQTT-4.7.1-2], [MQTT-4.7.3-1],
+    [MQTT-4.8.2-1], [MQTT-4.8.2-2]; 3.1.1 [MQTT-4.8.0-1]): v5 gets DISCONNECT
+    0x81, 3.1.1 is closed, as Mosquitto and EMQX do."""
+    shown = topic_filter if len(topic_filter) <= 64 else topic_filter[:64] + "..."
+    return MalformedPacket(_MALFORMED, f"malformed topic filter {shown!r}")
+
+
 def _packet_id(buf: Buffer, p: int, end: int) -> int:
     pid = _u16(buf, p, end)
     if pid == 0:
@@ -219,10 +235,12 @@ _ENCODE_ORDER: tuple[tuple[int, str, int], ...] = tuple(
     (pid, name, int(ptype)) for pid, (name, ptype, _allowed) in sorted(PROPERTY_TABLE.items())
 )
 
-#: Byte properties whose only legal values are 0 and 1 (spec 3.1.2.11, 3.2.2.3, 3.3.2.3.2).
+#: Byte properties whose only legal values are 0 and 1 (spec 3.1.2.11, 3.2.2.3).
+#: The Payload Format Indicator is not among them: a receiver MAY refuse other
+#: values [MQTT-3.3.2-4] (wording "MAY"), and Mosquitto and EMQX forward them
+#: unaltered, so we do too.
 _BOOLEAN_PROPS = frozenset(
     {
-        PropertyId.PAYLOAD_FORMAT_INDICATOR,
         PropertyId.REQUEST_PROBLEM_INFORMATION,
         PropertyId.REQUEST_RESPONSE_INFORMATION,
         PropertyId.MAXIMUM_QOS,
@@ -646,6 +664,8 @@ class Decoder:
             if not topic and props.topic_alias is None:
                 # spec 3.3.2.1: a zero length Topic Name needs a Topic Alias
                 raise ProtocolViolation(reason_string="empty topic without topic alias")
+            if self.server and props.response_topic is not None:
+                _check_response_topic(props.response_topic)
         else:
             props = _new_properties()
             if not topic:
@@ -727,6 +747,9 @@ class Decoder:
             if not will_topic or "+" in will_topic or "#" in will_topic:
                 raise ProtocolViolation(_TOPIC_NAME_INVALID, "invalid will topic [MQTT-3.1.3-11]")
             will_payload, p = _binary(view, p, end)
+            if self.server and will_props.response_topic is not None:
+                # the will becomes a PUBLISH, whose Response Topic is a topic name
+                _check_response_topic(will_props.response_topic)
             will = Will(will_topic, will_payload, will_qos, will_retain, will_props)
         username: str | None = None
         password: bytes | None = None
@@ -816,6 +839,8 @@ class Decoder:
             retain_handling = (opts >> 4) & 3
             if retain_handling == 3:
                 raise ProtocolViolation(reason_string="retain handling 3")
+            if self.server and not is_valid_topic_filter(topic_filter):
+                raise _malformed_filter(topic_filter)
             no_local = bool(opts & 0x04)
             if no_local and topic_filter.startswith("$share/"):
                 raise ProtocolViolation(reason_string="no local on a shared subscription")
@@ -847,6 +872,8 @@ class Decoder:
         filters: list[str] = []
         while p < end:
             topic_filter, p = _string(view, p, end)
+            if self.server and not is_valid_topic_filter(topic_filter):
+                raise _malformed_filter(topic_filter)
             filters.append(topic_filter)
         if not filters:
             raise ProtocolViolation(

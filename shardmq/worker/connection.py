@@ -273,8 +273,52 @@ class Connection(asyncio.Protocol):
         self.state = CLOSED
         self.transport.abort()
 
-    def send(self, packet: Any) -> None:
-        self.write(encode(packet, self.version))
+    def send(self, packet: Any) -> bool:
+        """Encode and queue ``packet``; False (and the connection closed) when
+        even its smallest form exceeds the client's Maximum Packet Size."""
+        data = encode(packet, self.version)
+        limit = self.client_max_packet
+        if limit and len(data) > limit:
+            fitted = self._fit(packet, limit)
+            if fitted is None:
+                # [MQTT-3.1.2-24] never send a packet over the client's limit:
+                # closing is the only answer left (a CONNACK is not sent at all)
+                log.info(
+                    "client %s: %s of %d bytes exceeds its maximum packet size %d, closing",
+                    self.client_id or "-",
+                    PacketType(packet.packet_type).name,
+                    len(data),
+                    limit,
+                )
+                self.close()
+                return False
+            data = fitted
+        self.write(data)
+        return True
+
+    def _fit(self, packet: Any, limit: int) -> bytes | None:
+        """``packet`` without its Reason String, then without its User
+        Properties, whichever first fits ``limit`` [MQTT-3.2.2-19, -20],
+        [MQTT-3.4.2-2, -3] and their siblings for PUBREC, PUBREL, PUBCOMP,
+        SUBACK, UNSUBACK, DISCONNECT [MQTT-3.14.2-3, -4] and AUTH; None when
+        neither is enough."""
+        props = getattr(packet, "properties", None)
+        if props is None or (props.reason_string is None and not props.user_properties):
+            return None
+        original = props
+        props = props.copy()
+        packet.properties = props
+        try:
+            for name in ("reason_string", "user_properties"):
+                if getattr(props, name) is None:
+                    continue
+                setattr(props, name, None)
+                data = encode(packet, self.version)
+                if len(data) <= limit:
+                    return data
+            return None
+        finally:
+            packet.properties = original
 
     def close(self) -> None:
         """Flush what is queued and close."""
@@ -449,14 +493,13 @@ class Connection(asyncio.Protocol):
                 raise MQTTError(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain not supported")
         if (
             self.version == MQTT311
-            and cfg.server_keep_alive is None
-            and (
-                packet.keep_alive > cfg.max_keep_alive
-                or (packet.keep_alive == 0 and cfg.max_keep_alive < 65535)
-            )
+            and cfg.max_keep_alive < 65535
+            and (packet.keep_alive > cfg.max_keep_alive or packet.keep_alive == 0)
+            and cfg.v311_keep_alive == "refuse"
         ):
-            # a 3.1.1 client cannot be told a shorter keep alive: refuse it,
-            # as Mosquitto does, rather than cut it off later
+            # A 3.1.1 client cannot be told a shorter keep alive: refuse it
+            # (return code 2, as Mosquitto's max_keepalive does) rather than cut
+            # it off later; v311_keep_alive = "accept" lets it in with its own.
             raise MQTTError(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keep alive above maximum")
         hooks = self.shard.hooks
         self.handle = ClientHandle(
@@ -572,31 +615,26 @@ class Connection(asyncio.Protocol):
         else:
             expiry = 0 if packet.clean_start else NEVER_EXPIRES
         server_expiry = min(expiry, cfg.max_session_expiry_interval)
-        session, present = shard.attach(self, packet, server_expiry)
-        self.session = session
         ka = packet.keep_alive
         server_ka: int | None = None
-        if cfg.server_keep_alive is not None:
-            server_ka = cfg.server_keep_alive
-        elif ka > cfg.max_keep_alive or (ka == 0 and cfg.max_keep_alive < 65535):
-            server_ka = cfg.max_keep_alive
-        if server_ka is not None:
-            ka = server_ka
-        # keep alive 0 means no timeout [MQTT-3.1.2-21]; otherwise 1.5 times it
-        self.keep_alive = ka * 1.5
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if ka:
-            self._timer = self.loop.call_later(self.keep_alive, self._on_timer)
-        per_client = v5 and (
+        if v5:
+            if cfg.server_keep_alive is not None:
+                server_ka = cfg.server_keep_alive
+            elif ka > cfg.max_keep_alive or (ka == 0 and cfg.max_keep_alive < 65535):
+                server_ka = cfg.max_keep_alive
+            if server_ka is not None:
+                ka = server_ka
+        # A 3.1.1 client cannot be told another keep alive, so its own is the
+        # one enforced (3.1.1 [MQTT-3.1.2-24]); _handle_connect has already
+        # refused one over max_keep_alive unless v311_keep_alive is "accept".
+        ack_props: Properties | None = None
+        if v5 and (
             server_expiry != expiry
             or not packet.client_id
             or server_ka is not None
             or (props.request_response_information and cfg.response_information)
             or self.auth_method is not None
-        )
-        if per_client:
+        ):
             ack_props = shard.connack_properties()
             if server_expiry != expiry:
                 ack_props.session_expiry_interval = server_expiry
@@ -611,10 +649,37 @@ class Connection(asyncio.Protocol):
                 ack_props.authentication_method = self.auth_method
                 if auth_data is not None:
                     ack_props.authentication_data = auth_data
-            connack = encode(Connack(present, ReasonCode.SUCCESS, ack_props), MQTT5)
+            connack = encode(Connack(False, ReasonCode.SUCCESS, ack_props), MQTT5)
         else:
             # the common case: the same bytes for every client (cached per shard)
-            connack = shard.connack_bytes(self.version, present)
+            connack = shard.connack_bytes(self.version, False)
+        limit = self.client_max_packet
+        if limit and len(connack) > limit:
+            # [MQTT-3.1.2-24]: a CONNACK over the client's limit is not sent;
+            # checked before the session is touched, so nothing is taken over
+            log.info(
+                "client %s: CONNACK of %d bytes exceeds its maximum packet size %d, closing",
+                self.client_id,
+                len(connack),
+                limit,
+            )
+            self.close()
+            return
+        session, present = shard.attach(self, packet, server_expiry)
+        self.session = session
+        if present:
+            # the same length with the session present flag set
+            if ack_props is not None:
+                connack = encode(Connack(True, ReasonCode.SUCCESS, ack_props), MQTT5)
+            else:
+                connack = shard.connack_bytes(self.version, True)
+        # keep alive 0 means no timeout [MQTT-3.1.2-21]; otherwise 1.5 times it
+        self.keep_alive = ka * 1.5
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if ka:
+            self._timer = self.loop.call_later(self.keep_alive, self._on_timer)
         self.decoder.max_packet_size = cfg.max_packet_size
         self.write(connack)
         self.state = CONNECTED
@@ -987,7 +1052,9 @@ class Connection(asyncio.Protocol):
         session = self.session
         assert session is not None
         out = session.inflight.get(packet.packet_id)
-        if out is not None and out.qos == 2:
+        if out is not None and out.qos == 2 and out.released:
+            # only a PUBCOMP answering our PUBREL ends the flow: until its PUBREC
+            # the message stays unacknowledged [MQTT-4.3.3-3] (3.1.1 [MQTT-4.3.3-1])
             del session.inflight[packet.packet_id]
             self._window_freed()
         hook = self.shard.hooks.on_pubcomp

@@ -140,12 +140,11 @@ class Shard:
             props.retain_available = 0
         if cfg.topic_alias_maximum:
             props.topic_alias_maximum = cfg.topic_alias_maximum
-        if not cfg.wildcard_subscription_available:
-            props.wildcard_subscription_available = 0
-        if not cfg.subscription_identifier_available:
-            props.subscription_identifier_available = 0
-        if not cfg.shared_subscription_available:
-            props.shared_subscription_available = 0
+        # stated even when available (the default), for clients that read the
+        # property rather than assume its default
+        props.wildcard_subscription_available = int(cfg.wildcard_subscription_available)
+        props.subscription_identifier_available = int(cfg.subscription_identifier_available)
+        props.shared_subscription_available = int(cfg.shared_subscription_available)
         return props
 
     def connack_bytes(self, version: int, session_present: bool) -> bytes:
@@ -243,14 +242,13 @@ class Shard:
         cid = conn.client_id
         self.moved.pop(cid, None)  # the session is (back) here
         session = self.sessions.get(cid)
-        if session is not None and session.connection is not None:
-            old = session.connection
-            # [MQTT-3.1.4-3] the existing connection is closed with 0x8E
-            old.take_over()  # type: ignore[attr-defined]
-            self._connection_ended(old, session, publish_will_now=connect.clean_start)
         present = False
         if session is not None:
-            if connect.clean_start:
+            self._claimed_by_new_connection(session)
+            if connect.clean_start or session.expiry_interval == 0:
+                # Clean Start 1 discards it; a session with expiry 0 (3.1.1:
+                # Clean Session 1) ended with the connection just taken over
+                # and is never reused [MQTT-3.1.2-6], [MQTT-3.2.2-2]
                 self.end_session(session)
                 session = None
             else:
@@ -258,17 +256,31 @@ class Shard:
                 if session.expiry_timer is not None:
                     session.expiry_timer.cancel()  # type: ignore[attr-defined]
                     session.expiry_timer = None
-                if session.will_timer is not None:
-                    # reconnected within the will delay [MQTT-3.1.3-9]
-                    session.will_timer.cancel()  # type: ignore[attr-defined]
-                    session.will_timer = None
-                    session.will = None
         if session is None:
             session = self.new_session(cid)
         session.expiry_interval = expiry_interval
         session.connection = conn
         session.will = connect.will
         return session, present
+
+    def _claimed_by_new_connection(self, session: Session) -> None:
+        """A new connection for this client id was accepted: close the one it
+        replaces (0x8E [MQTT-3.1.4-3]) and settle the will. A will without a
+        delay is published as the old connection closes; a delayed will,
+        pending or not, is cancelled: the client is back within the delay
+        [MQTT-3.1.3-9], whatever its Clean Start (as Mosquitto does)."""
+        old = session.connection
+        if old is not None:
+            old.take_over()  # type: ignore[attr-defined]
+            session.connection = None
+            will = session.will
+            if will is not None and not will.properties.will_delay_interval:
+                session.will = None
+                self.publish_will(will)
+        if session.will_timer is not None:
+            session.will_timer.cancel()  # type: ignore[attr-defined]
+            session.will_timer = None
+        session.will = None
 
     def new_session(self, client_id: str) -> Session:
         cfg = self.config
@@ -285,27 +297,24 @@ class Shard:
         """The connection of ``session`` ended (network close or DISCONNECT)."""
         if session.connection is not conn:
             return
-        if not send_will:
-            session.will = None
-        self._connection_ended(conn, session, publish_will_now=False)
+        session.connection = None
+        will = session.will
+        if will is not None:
+            if not send_will:
+                session.will = None
+            elif will.properties.will_delay_interval:
+                delay = will.properties.will_delay_interval
+                session.will_timer = self.loop.call_later(delay, self._will_delay_elapsed, session)
+            else:
+                session.will = None
+                self.publish_will(will)
         if session.expiry_interval == 0:
+            # the session ends with the connection; a delayed will goes out now
             self.end_session(session)
         elif session.expiry_interval != NEVER_EXPIRES:
             session.expiry_timer = self.loop.call_later(
                 session.expiry_interval, self._expire_session, session
             )
-
-    def _connection_ended(self, conn: Connection, session: Session, publish_will_now: bool) -> None:
-        session.connection = None
-        will = session.will
-        if will is None:
-            return
-        delay = will.properties.will_delay_interval or 0
-        if publish_will_now or delay == 0:
-            session.will = None
-            self.publish_will(will)
-        else:
-            session.will_timer = self.loop.call_later(delay, self._will_delay_elapsed, session)
 
     def _will_delay_elapsed(self, session: Session) -> None:
         session.will_timer = None
@@ -497,11 +506,13 @@ class Shard:
                         entry[1] = sub.qos
                     if sub.retain_as_published:
                         entry[2] = True
-                if sub.identifier is not None:
+                ident = sub.identifier
+                if ident is not None:
                     if entry[3] is None:
-                        entry[3] = [sub.identifier]
-                    else:
-                        entry[3].append(sub.identifier)
+                        entry[3] = [ident]
+                    elif ident not in entry[3]:
+                        # one identifier once, however many filters carry it
+                        entry[3].append(ident)
         mqos = msg.qos
         for session, qos, rap, ids in merged.values():
             self.deliver(
@@ -638,25 +649,15 @@ class Shard:
         session = self.sessions.get(client_id)
         if session is None:
             return None
-        conn = session.connection
-        if conn is not None:
-            conn.take_over()  # type: ignore[attr-defined]
-            self._connection_ended(conn, session, publish_will_now=clean_start)  # type: ignore[arg-type]
-        if session.will_timer is not None:
-            # the client is back within the will delay [MQTT-3.1.3-9] (or the
-            # session ends now, with a clean start, and the will goes out)
-            session.will_timer.cancel()  # type: ignore[attr-defined]
-            session.will_timer = None
-            if not clean_start:
-                session.will = None
-        state = None if clean_start else self.session_state(session)
-        if not clean_start:
-            session.will = None
-            if new_owner is not None:
-                subs = [sub for sub in session.subscriptions.values() if sub.group is None]
-                if subs:
-                    deadline = self.loop.time() + self.MOVED_GRACE
-                    self.moved[client_id] = (new_owner, subs, deadline)
+        self._claimed_by_new_connection(session)
+        # a session with expiry 0 ended with its connection [MQTT-3.1.2-6]
+        ended = clean_start or session.expiry_interval == 0
+        state = None if ended else self.session_state(session)
+        if not ended and new_owner is not None:
+            subs = [sub for sub in session.subscriptions.values() if sub.group is None]
+            if subs:
+                deadline = self.loop.time() + self.MOVED_GRACE
+                self.moved[client_id] = (new_owner, subs, deadline)
         self.end_session(session)
         return state
 
@@ -838,7 +839,7 @@ def _best_match(
             continue
         qos = max(qos, sub.qos)
         rap = rap or sub.retain_as_published
-        if sub.identifier is not None:
+        if sub.identifier is not None and (ids is None or sub.identifier not in ids):
             ids = [*(ids or []), sub.identifier]
     if qos < 0:
         return -1, False, None

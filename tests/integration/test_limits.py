@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shardmq.protocol.codec import encode, encode_varint
+from shardmq.protocol.codec import Decoder, decode_varint, encode, encode_varint
 from shardmq.protocol.packets import (
     Connack,
     Connect,
@@ -21,7 +21,7 @@ from shardmq.protocol.packets import (
     Subscribe,
     Subscription,
 )
-from tests.helpers import BrokerThread, Client, RawClient
+from tests.helpers import BrokerThread, Client, RawClient, read_until_eof
 
 ClientFactory = Callable[..., Client]
 MakeBroker = Callable[..., BrokerThread]
@@ -72,12 +72,13 @@ def _suback(raw: RawClient, subs: list[Subscription], props: Properties | None =
 def test_connack_default_limits(broker: BrokerThread, clients: ClientFactory) -> None:
     c = clients(broker.port, client_id="limits-default")
     _, _, props = c.connect()
-    # absent means the spec's default: QoS 2, retain/wildcard/sub id/shared available
+    # absent means the spec's default: QoS 2, retain available
     assert getattr(props, "MaximumQoS", 2) == 2
     assert getattr(props, "RetainAvailable", 1) == 1
-    assert getattr(props, "WildcardSubscriptionAvailable", 1) == 1
-    assert getattr(props, "SubscriptionIdentifierAvailable", 1) == 1
-    assert getattr(props, "SharedSubscriptionAvailable", 1) == 1
+    # stated explicitly, for clients that read the property instead of assuming
+    assert props.WildcardSubscriptionAvailable == 1
+    assert props.SubscriptionIdentifierAvailable == 1
+    assert props.SharedSubscriptionAvailable == 1
     assert props.TopicAliasMaximum == 1024
     assert props.ReceiveMaximum == 1024
     assert props.MaximumPacketSize == 16 * 1024 * 1024
@@ -292,3 +293,71 @@ def test_message_that_fits_without_alias_is_delivered_within_limit(
         if qos:
             raw.send_packet(Puback(pkt.packet_id))
     assert got == sizes
+
+
+# -- the client's Maximum Packet Size applies to every packet --------------------------
+
+
+def _frames(raw: RawClient, timeout: float = 5.0) -> list[bytes]:
+    """Every whole packet the broker sends until it closes the connection, as bytes."""
+    data = read_until_eof(raw.sock, timeout)
+    out = []
+    p = 0
+    while p < len(data):
+        length, q = decode_varint(data, p + 1)
+        out.append(data[p : q + length])
+        p = q + length
+    assert p == len(data), "a truncated packet"
+    return out
+
+
+def _connect_limited(port: int, client_id: str, limit: int) -> RawClient:
+    raw = RawClient(port, version=5)
+    _OPEN.append(raw)
+    raw.send_packet(Connect(client_id, properties=Properties(maximum_packet_size=limit)))
+    return raw
+
+
+def test_acks_and_disconnect_lose_reason_string_to_fit_the_limit(broker: BrokerThread) -> None:
+    """[MQTT-3.1.2-24], [MQTT-3.4.2-2], [MQTT-3.14.2-3]: a PUBACK whose Reason String
+    would take it over the client's limit of 24 bytes (our CONNACK's size) is sent
+    without it (here the refusal of a $SYS publish, reason string "$SYS topics are
+    read-only", 34 bytes with it), and so is the DISCONNECT that ends a protocol
+    error. Every packet fits."""
+    raw = _connect_limited(broker.port, "limit-24", 24)
+    raw.send_packet(Publish("$SYS/x", b"p", qos=1, packet_id=5))
+    # a topic alias above the broker's maximum: DISCONNECT 0x94 with a reason string
+    raw.send_packet(Publish("a", b"p", properties=Properties(topic_alias=60000)))
+    frames = _frames(raw)
+    assert all(len(f) <= 24 for f in frames), [len(f) for f in frames]
+    decoded = Decoder(server=False, version=5).feed(b"".join(frames))
+    connack, puback, disconnect = decoded
+    assert isinstance(connack, Connack) and connack.reason_code == 0
+    assert isinstance(puback, Puback) and puback.reason_code == 0x87
+    assert puback.properties.reason_string is None
+    assert isinstance(disconnect, Disconnect) and disconnect.reason_code == 0x94
+    assert disconnect.properties.reason_string is None
+
+
+def test_reason_string_kept_when_it_fits(broker: BrokerThread) -> None:
+    """The same PUBACK keeps its Reason String when the limit allows it, so the
+    previous test really measured the stripping."""
+    raw = _connect_limited(broker.port, "limit-big", 1000)
+    assert isinstance(raw.recv_packet(), Connack)
+    raw.send_packet(Publish("$SYS/x", b"p", qos=1, packet_id=5))
+    puback = raw.recv_packet()
+    assert isinstance(puback, Puback) and puback.reason_code == 0x87
+    assert puback.properties.reason_string
+
+
+def test_connack_over_the_limit_is_not_sent(broker: BrokerThread, clients: ClientFactory) -> None:
+    """[MQTT-3.1.2-24]: a client allowing 5 bytes cannot be sent any CONNACK (ours is
+    at least 16 bytes): the connection is closed without one, and a connected client
+    with the same id is not taken over (the check comes before the session)."""
+    victim = clients(broker.port, client_id="tiny")
+    victim.connect()
+    raw = _connect_limited(broker.port, "tiny", 5)
+    assert _frames(raw) == []
+    victim.subscribe("still/here", 1)
+    victim.publish("still/here", b"alive", qos=1)
+    assert victim.get().payload == b"alive"

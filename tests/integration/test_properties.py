@@ -14,10 +14,12 @@ from shardmq.protocol.packets import (
     Connect,
     Disconnect,
     Properties,
+    Puback,
     Publish,
     Suback,
     Subscribe,
     Subscription,
+    Will,
 )
 from tests.helpers import BrokerThread, Client, RawClient
 
@@ -325,3 +327,67 @@ def test_subscription_identifier_in_client_publish_is_protocol_error(
     raw = _raw(broker.port, "sid-pub")
     raw.send_packet(Publish("sid/p", b"x", properties=Properties(subscription_identifiers=[3])))
     _expect_disconnect(raw, 0x82)
+
+
+# -- Response Topic and Payload Format Indicator -----------------------------------------
+
+
+@pytest.mark.parametrize("response_topic", ["reply/#", "reply/+/x", "+"])
+def test_response_topic_with_wildcard_is_a_protocol_error(
+    broker: BrokerThread, clients: ClientFactory, response_topic: str
+) -> None:
+    """[MQTT-3.3.2-14]: the Response Topic is a topic name; one with wildcards is a
+    Protocol Error: DISCONNECT 0x82, and the message is not forwarded."""
+    sub = clients(broker.port)
+    sub.connect()
+    sub.subscribe("rt/#", 1)
+    raw = _raw(broker.port, "bad-response-topic")
+    raw.send_packet(
+        Publish(
+            "rt/req", b"q", qos=1, packet_id=1, properties=Properties(response_topic=response_topic)
+        )
+    )
+    _expect_disconnect(raw, 0x82)
+    pub = clients(broker.port)
+    pub.connect()
+    pub.publish("rt/marker", b"m", qos=1)
+    assert sub.get().topic == "rt/marker"  # the request never reached the subscriber
+
+
+def test_will_response_topic_with_wildcard_refused(broker: BrokerThread) -> None:
+    """The will becomes a PUBLISH, so its Response Topic follows [MQTT-3.3.2-14] too:
+    the CONNECT is refused with 0x82 rather than a will accepted that could not be
+    sent correctly."""
+    raw = RawClient(broker.port, version=5)
+    _OPEN.append(raw)
+    will = Will("w/t", b"w", properties=Properties(response_topic="r/#"))
+    raw.send_packet(Connect("bad-will-rt", will=will))
+    ack = raw.recv_packet()
+    assert isinstance(ack, Connack) and ack.reason_code == 0x82
+    assert raw.closed()
+
+
+@pytest.mark.parametrize("indicator", [2, 0xFF])
+def test_payload_format_indicator_other_values_forwarded_unaltered(
+    broker: BrokerThread, clients: ClientFactory, indicator: int
+) -> None:
+    """[MQTT-3.3.2-4] leaves it to the receiver whether to refuse; Mosquitto and EMQX
+    forward a Payload Format Indicator other than 0 and 1 unaltered, and so do we
+    (paho cannot send one, so a raw client publishes)."""
+    sub = _raw(broker.port, "pfi-sub")
+    sub.send_packet(Subscribe(1, [Subscription("pfi/t", 1)]))
+    assert isinstance(sub.recv_packet(), Suback)
+    pub = _raw(broker.port, "pfi-pub")
+    pub.send_packet(
+        Publish(
+            "pfi/t",
+            b"p",
+            qos=1,
+            packet_id=3,
+            properties=Properties(payload_format_indicator=indicator),
+        )
+    )
+    ack = pub.recv_packet()
+    assert isinstance(ack, Puback) and ack.reason_code == 0
+    msg = sub.recv_packet()
+    assert isinstance(msg, Publish) and msg.properties.payload_format_indicator == indicator

@@ -247,6 +247,31 @@ def test_pubrel_resent_on_reconnect(broker, clients, raw_clients, version):
     expect_silence(again, 0.3)
 
 
+def test_pubcomp_before_pubrec_does_not_complete_the_flow(broker, clients, raw_clients, version):
+    """[MQTT-4.3.3-3] (3.1.1 [MQTT-4.3.3-1]): the sender treats a QoS 2 PUBLISH as
+    unacknowledged until its PUBREC. A PUBCOMP arriving where the PUBREC is due
+    completes nothing: the message is still resent with DUP on reconnect, and its
+    flow then completes normally."""
+    raw, _ = raw_persistent(raw_clients, broker, "early-comp", version)
+    raw_subscribe(raw, "t/ec", 2)
+    pub = clients(broker.port, version=version)
+    pub.connect()
+    pub.publish("t/ec", b"exactly once", qos=2)
+    first = expect(raw, Publish)
+    raw.send_packet(Pubcomp(first.packet_id))  # out of turn
+    raw.close()
+    wait_offline(broker, "early-comp")
+
+    again, ack = raw_persistent(raw_clients, broker, "early-comp", version)
+    assert ack.session_present is True
+    resent = expect(again, Publish)
+    assert (resent.packet_id, resent.payload, resent.dup) == (first.packet_id, first.payload, True)
+    again.send_packet(Pubrec(resent.packet_id))
+    assert expect(again, Pubrel).packet_id == resent.packet_id
+    again.send_packet(Pubcomp(resent.packet_id))
+    expect_silence(again, 0.3)
+
+
 # -- flow control -------------------------------------------------------------------
 
 

@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from shardmq.protocol.packets import (
     Connack,
     Connect,
     Disconnect,
-    Publish,
-    Suback,
     Subscribe,
     Subscription,
+    Unsubscribe,
 )
 from tests.helpers import BrokerThread, Client, RawClient, wait_for
 
@@ -459,6 +460,22 @@ def test_overlapping_subscriptions_one_copy_max_qos_all_ids(
     assert sorted(msg.properties.SubscriptionIdentifier) == [1, 2]
 
 
+def test_same_identifier_on_overlapping_subscriptions_appears_once(
+    broker: BrokerThread, clients: ClientFactory
+) -> None:
+    """Two overlapping subscriptions carrying the same Subscription Identifier: the
+    one copy of the message carries the identifier once, not [7, 7] (spec 3.3.4
+    lists the identifiers of the matching subscriptions; Mosquitto and EMQX send
+    each once)."""
+    sub, pub = _pair(broker, clients, 5)
+    sub.subscribe("sid2/+", qos=1, sub_id=7)
+    sub.subscribe("sid2/#", qos=1, sub_id=7)
+    sub.subscribe("sid2/x", qos=1, sub_id=8)
+    pub.publish("sid2/x", b"x", qos=1)
+    msg = sub.get()
+    assert sorted(msg.properties.SubscriptionIdentifier) == [7, 8]
+
+
 def test_subscription_identifier_delivered(broker: BrokerThread, clients: ClientFactory) -> None:
     sub, pub = _pair(broker, clients, 5)
     sub.subscribe("sid/t", sub_id=42)
@@ -489,32 +506,57 @@ def test_unsubscribe_unknown_filter_v5(broker: BrokerThread, clients: ClientFact
     assert _codes(sub.unsubscribe(["never/subscribed", "known"])) == [0x11, 0x00]
 
 
-INVALID_FILTERS = ("a/#/b", "a+", "#a", "$share/g", "$share//x")
+MALFORMED_FILTERS = ("a/#/b", "a+", "#a", "a/#x", "", "$share/g", "$share//f", "$share/a+/f")
 
 
-def test_invalid_topic_filters_refused_valid_ones_granted(
-    broker: BrokerThread, clients: ClientFactory, version: int
+@pytest.mark.parametrize("kind", ["subscribe", "unsubscribe"])
+@pytest.mark.parametrize("topic_filter", MALFORMED_FILTERS)
+def test_malformed_topic_filter_is_a_malformed_packet(
+    broker: BrokerThread, clients: ClientFactory, version: int, kind: str, topic_filter: str
 ) -> None:
-    """paho refuses to send these filters, so a raw client does."""
+    """[MQTT-4.7.1-1], [MQTT-4.7.1-2], [MQTT-4.7.3-1], [MQTT-4.8.2-1], [MQTT-4.8.2-2]:
+    a SUBSCRIBE or UNSUBSCRIBE with a malformed filter is a Malformed Packet: v5
+    gets DISCONNECT 0x81, 3.1.1 is closed ([MQTT-4.8.0-1] in 3.1.1), as Mosquitto
+    and EMQX do. A good client subscribed on the same broker is not affected.
+    paho refuses to send these filters, so a raw client does."""
+    good, pub = _pair(broker, clients, version)
+    good.subscribe("ok/1", 1)
     raw = RawClient(broker.port, version=version)
     try:
         raw.send_packet(Connect(client_id=f"raw-filters-{version}", protocol_version=version))
         assert isinstance(raw.recv_packet(), Connack)
-        subs = [
-            Subscription("ok/1", qos=1),
-            *(Subscription(f) for f in INVALID_FILTERS),
-            Subscription("ok/+", qos=2),
-        ]
-        raw.send_packet(Subscribe(7, subs))
-        suback = raw.recv_packet()
-        assert isinstance(suback, Suback) and suback.packet_id == 7
-        bad = 0x8F if version == 5 else 0x80
-        assert list(suback.reason_codes) == [1, *[bad] * len(INVALID_FILTERS), 2]
-        pub = clients(broker.port, version=version)
-        pub.connect()
-        pub.publish("ok/1", b"x", qos=1)
-        msg = raw.recv_packet()
-        assert isinstance(msg, Publish)
-        assert (msg.topic, msg.qos) == ("ok/1", 1)
+        if kind == "subscribe":
+            raw.send_packet(Subscribe(7, [Subscription("ok/1", 1), Subscription(topic_filter)]))
+        else:
+            raw.send_packet(Unsubscribe(7, ["ok/1", topic_filter]))
+        answer = raw.recv_packet()
+        if version == 5:
+            assert isinstance(answer, Disconnect), answer
+            assert answer.reason_code == 0x81
+            answer = raw.recv_packet()
+        assert answer is None  # closed, with no SUBACK / UNSUBACK
     finally:
         raw.close()
+    pub.publish("ok/1", b"still here", qos=1)
+    assert good.get().payload == b"still here"
+
+
+def test_refused_filter_gets_0x8f_not_a_disconnect(make_broker, clients, version) -> None:
+    """SUBACK 0x8F (3.1.1: 0x80) stays for a well-formed filter this client may
+    not use: here a hook refuses it with Topic Filter Invalid; the connection
+    stays up."""
+
+    def setup(b: Any) -> None:
+        @b.on_subscribe
+        async def refuse(client: Any, packet: Any) -> list[int]:
+            return [
+                0x8F if s.topic_filter.startswith("no/") else s.qos for s in packet.subscriptions
+            ]
+
+    bt = make_broker(setup=setup)
+    sub, pub = _pair(bt, clients, version)
+    rcs = _codes(sub.subscribe([("no/x", 1), ("ok/+", 2)]))
+    assert rcs == [0x8F if version == 5 else 0x80, 2]
+    pub.publish("ok/1", b"x", qos=1)
+    msg = sub.get()
+    assert (msg.topic, msg.qos) == ("ok/1", 1)

@@ -342,6 +342,31 @@ def test_session_takeover_resends_unacknowledged(broker, clients, raw_clients, v
     assert (resent.packet_id, resent.payload, resent.dup) == (first.packet_id, b"unacked", True)
 
 
+def test_session_ending_with_its_connection_is_not_reused_by_takeover(
+    broker, clients, raw_clients, version
+):
+    """[MQTT-3.1.2-6], [MQTT-3.2.2-2]: a Clean Session 1 session (3.1.1), or one with
+    Session Expiry 0 (v5), lasts only as long as its connection. Taken over by a
+    Clean Start 0 connection with the same id, it ends with the old connection: the
+    new one gets session present 0 and an empty session (no old subscription)."""
+    old = raw_clients(broker.port, version)
+    # 3.1.1: Clean Session 1; v5: Clean Start 0 but no session expiry (0)
+    raw_connect(old, "short", clean_start=version == 4)
+    old.send_packet(Subscribe(1, [Subscription("short/t", 1)]))
+    assert expect(old, Suback).reason_codes == [1]
+
+    new = persistent(clients, broker, "short", version)
+    flags, _, _ = new.connect()
+    assert flags.session_present is False
+    assert old.closed()
+    new.subscribe("short/marker", 1)
+    pub = clients(broker.port, version=version)
+    pub.connect()
+    pub.publish("short/t", b"old subscription", qos=1)
+    pub.publish("short/marker", b"marker", qos=1)
+    assert new.get().payload == b"marker"  # nothing for the old subscription first
+
+
 def test_assigned_client_identifier_for_empty_id(broker, raw_clients):
     """[MQTT-3.1.3-7] / 3.2.2.3.7: an empty client id gets a server-assigned one,
     returned in CONNACK, different for each client."""
@@ -443,6 +468,44 @@ def test_max_keep_alive_is_enforced(make_broker, raw_clients):
     raw_connect(raw, "capped", keep_alive=60)
     assert expect(raw, Disconnect).reason_code == ReasonCode.KEEP_ALIVE_TIMEOUT
     assert raw.closed()
+
+
+def test_v311_client_keeps_its_own_keep_alive_under_server_keep_alive(make_broker, raw_clients):
+    """(3.1.1) ``server_keep_alive`` cannot be told to a 3.1.1 client, so its own keep
+    alive is enforced (3.1.1 [MQTT-3.1.2-24]: closed after 1.5 times it): a silent
+    client asking for 1 s is closed although the server keep alive is 60 s."""
+    bt = make_broker(server_keep_alive=60)
+    raw = raw_clients(bt.port, 4)
+    raw_connect(raw, "own-ka", keep_alive=1)
+    assert raw.closed()
+
+
+def test_v311_keep_alive_zero_refused_when_max_keep_alive_is_set(make_broker, raw_clients):
+    """(3.1.1) with ``max_keep_alive`` below 65535 and the default ``v311_keep_alive =
+    "refuse"``, keep alive 0 (never timed out) is over the maximum too: return code
+    0x02, as Mosquitto's max_keepalive does (README says so)."""
+    bt = make_broker(max_keep_alive=30)
+    raw = raw_clients(bt.port, 4)
+    raw.send_packet(Connect("zero-ka", protocol_version=4, keep_alive=0))
+    assert recv_exact(raw.sock, 4) == b"\x20\x02\x00\x02"
+    assert raw.closed()
+
+
+def test_v311_keep_alive_accept_lets_such_clients_in(make_broker, raw_clients):
+    """(3.1.1) ``v311_keep_alive = "accept"``: a client with keep alive 0 or above
+    ``max_keep_alive`` connects; keep alive 0 is never timed out (it is still
+    answered after a silence longer than 1.5 x max_keep_alive), and one above the
+    maximum is held to its own keep alive."""
+    bt = make_broker(max_keep_alive=1, v311_keep_alive="accept")
+    zero = raw_clients(bt.port, 4)
+    raw_connect(zero, "ka-zero", keep_alive=0)
+    above = raw_clients(bt.port, 4)
+    raw_connect(above, "ka-above", keep_alive=60)
+    expect_silence(zero, 2.0)
+    zero.send_packet(Pingreq())
+    expect(zero, Pingresp)
+    above.send_packet(Pingreq())
+    expect(above, Pingresp)  # not cut off at 1.5 x max_keep_alive either
 
 
 def test_v311_keep_alive_above_max_refused(make_broker, raw_clients):

@@ -186,16 +186,47 @@ def _raw_with_will(
     return old
 
 
-def test_takeover_with_clean_start_publishes_will(broker, clients, raw_clients, version):
-    """[MQTT-3.1.4-3] and spec 3.1.2.5: a takeover with Clean Start 1 ends the old
-    session, so the old connection's will is published at once, even with a
-    30 s Will Delay (v5)."""
+def test_takeover_publishes_will_without_delay(broker, clients, raw_clients, version):
+    """[MQTT-3.1.4-3] and spec 3.1.2.5: a takeover closes the old connection, so its
+    will without a delay (3.1.1 has none) is published at once."""
     watcher = watch(clients, broker, version)
-    old = _raw_with_will(raw_clients, broker, version, delay=30 if version == MQTT5 else None)
+    old = _raw_with_will(raw_clients, broker, version, delay=None)
     new = clients(broker.port, client_id="owner", version=version, clean_start=True)
     new.connect()
     assert old.closed()
     assert watcher.get().payload == b"taken over"
+
+
+def test_takeover_with_clean_start_within_delay_skips_will(broker, clients, raw_clients):
+    """[MQTT-3.1.2-8] (v5): the new connection for the client id arrives within the
+    old will's delay, so the will is not published, even with Clean Start 1, as
+    Mosquitto and the specification editor's reference broker do."""
+    watcher = watch(clients, broker)
+    old = _raw_with_will(raw_clients, broker, MQTT5, delay=1)
+    new = clients(broker.port, client_id="owner", clean_start=True)
+    new.connect()
+    assert old.closed()
+    watcher.expect_nothing(1.5)  # past the 1 s delay
+
+
+def test_reconnect_with_clean_start_within_delay_cancels_will(broker, clients):
+    """[MQTT-3.1.2-8] (v5): a will waiting for its delay after an abrupt close is
+    cancelled by any new connection for the client id within the delay, Clean
+    Start 1 included (the session is then discarded, its will with it)."""
+    watcher = watch(clients, broker)
+    owner = clients(
+        broker.port,
+        client_id="back-clean",
+        session_expiry=60,
+        will=will(b"never", properties={"WillDelayInterval": 1}),
+    )
+    owner.connect()
+    owner.drop()
+    wait_offline(broker, "back-clean")
+    again = clients(broker.port, client_id="back-clean", clean_start=True)
+    flags, _, _ = again.connect()
+    assert flags.session_present is False
+    watcher.expect_nothing(1.5)  # past the 1 s delay
 
 
 def test_takeover_resuming_session_within_delay_skips_will(broker, clients, raw_clients):

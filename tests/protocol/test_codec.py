@@ -103,6 +103,8 @@ def _value_strategy(pid: int, slot: int) -> st.SearchStrategy[Any]:
             min_size=1,
             max_size=1 if slot == PacketType.SUBSCRIBE else 4,
         )
+    if name == "response_topic":
+        return topic_names  # a topic name: a server refuses anything else [MQTT-3.3.2-14]
     if ptype == PropertyType.UTF8_STRING:
         return text
     if ptype == PropertyType.BINARY:

@@ -21,6 +21,7 @@ from shardmq.errors import (
 )
 from shardmq.protocol.codec import Decoder
 from shardmq.protocol.constants import MQTT5, MQTT311
+from shardmq.protocol.packets import Publish
 
 MALFORMED = 0x81
 PROTOCOL = 0x82
@@ -489,14 +490,22 @@ CORPUS: list[tuple[str, str, bytes, type[Exception], int, str]] = [
         TOPIC_ALIAS_INVALID,
         "topic alias 0",
     ),
-    # Payload Format Indicator 2 (only 0 and 1 are defined, spec 3.3.2.3.2)
+    # Response Topic with a wildcard: it is a topic name [MQTT-3.3.2-14]
     (
-        "publish-payload-format-2",
+        "publish-response-topic-wildcard",
         "v5",
-        _frame(0x30, b"\x00\x01a\x02\x01\x02"),
+        _frame(0x30, b"\x00\x01a\x06\x08\x00\x03r/#"),
         ProtocolViolation,
         PROTOCOL,
-        "0 or 1",
+        "MQTT-3.3.2-14",
+    ),
+    (
+        "publish-response-topic-plus",
+        "v5",
+        _frame(0x30, b"\x00\x01a\x06\x08\x00\x03+/r"),
+        ProtocolViolation,
+        PROTOCOL,
+        "response topic",
     ),
     # Message Expiry Interval twice (spec 3.3.2.3.3)
     (
@@ -728,6 +737,136 @@ CORPUS: list[tuple[str, str, bytes, type[Exception], int, str]] = [
         MALFORMED,
         "UTF-8",
     ),
+    # malformed topic filters make the packet malformed: [MQTT-4.7.1-1], [MQTT-4.7.1-2],
+    # [MQTT-4.7.3-1], [MQTT-4.8.2-1], [MQTT-4.8.2-2] (3.1.1 [MQTT-4.8.0-1])
+    (
+        "subscribe-malformed-filter-hash-mid-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x05a/#/b\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-plus-in-level-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x02a+\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-hash-first-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x02#a\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-hash-suffix-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x04a/#x\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-empty-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x00\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-share-no-filter-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x08$share/g\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-share-empty-group-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\t$share//f\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-share-wild-group-v5",
+        "v5",
+        _frame(0x82, b"\x00\x01\x00\x00\x0b$share/a+/f\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-hash-mid-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x05a/#/b\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-plus-in-level-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x02a+\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-hash-first-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x02#a\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-hash-suffix-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x04a/#x\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-empty-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x00\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-share-no-filter-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x08$share/g\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-share-empty-group-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\t$share//f\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "subscribe-malformed-filter-share-wild-group-311",
+        "v4",
+        _frame(0x82, b"\x00\x01\x00\x0b$share/a+/f\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
     # -- UNSUBSCRIBE ------------------------------------------------------------------
     # no topic filters [MQTT-3.10.3-2]
     (
@@ -755,6 +894,134 @@ CORPUS: list[tuple[str, str, bytes, type[Exception], int, str]] = [
         MalformedPacket,
         MALFORMED,
         "runs past",
+    ),
+    (
+        "unsubscribe-malformed-filter-hash-mid-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x05a/#/b"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-plus-in-level-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x02a+"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-hash-first-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x02#a"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-hash-suffix-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x04a/#x"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-empty-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-share-no-filter-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x08$share/g"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-share-empty-group-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\t$share//f"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-share-wild-group-v5",
+        "v5",
+        _frame(0xA2, b"\x00\x01\x00\x00\x0b$share/a+/f"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-hash-mid-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x05a/#/b"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-plus-in-level-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x02a+"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-hash-first-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x02#a"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-hash-suffix-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x04a/#x"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-empty-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x00"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-share-no-filter-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x08$share/g"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-share-empty-group-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\t$share//f"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
+    ),
+    (
+        "unsubscribe-malformed-filter-share-wild-group-311",
+        "v4",
+        _frame(0xA2, b"\x00\x01\x00\x0b$share/a+/f"),
+        MalformedPacket,
+        MALFORMED,
+        "malformed topic filter",
     ),
     # -- DISCONNECT and AUTH ------------------------------------------------------------
     # 3.1.1 DISCONNECT has no body (spec 3.14 of 3.1.1)
@@ -879,3 +1146,13 @@ def test_fuzz_mutated_packets(
             mutated[index % len(mutated)] = value
     wire = bytes(mutated[:cut] if cut < len(mutated) and cut % 3 == 0 else mutated)
     _feed_all(_decoder(setup), [wire[:cut], wire[cut:]])
+
+
+def test_payload_format_indicator_other_values_pass_through() -> None:
+    """[MQTT-3.3.2-4] only says a receiver MAY refuse a payload that is not what
+    the indicator says; Mosquitto and EMQX forward values other than 0 and 1
+    unaltered, and so does the decoder."""
+    decoder = _decoder("v5")
+    (packet,) = decoder.feed(_frame(0x30, b"\x00\x01a\x02\x01\x02"))
+    assert isinstance(packet, Publish)
+    assert packet.properties.payload_format_indicator == 2
