@@ -37,6 +37,7 @@ from typing import Any
 
 import msgpack
 
+from ..socketinfo import unsent_bytes
 from . import messages as m
 from .fabric import Fabric
 from .interest import Interest
@@ -64,6 +65,8 @@ class _Link(asyncio.Protocol):
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self.client_id = f"<shard link {kind} {peer}>"
         self.closed = False
+        #: bytes handed to the transport (flow control measures progress by it)
+        self.written = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,6 +113,15 @@ class _Link(asyncio.Protocol):
     def buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    def delivered(self) -> int:
+        """Bytes the peer shard has read off the link (flow control's progress)."""
+        transport = self.transport
+        if transport is None:
+            return self.written
+        taken = self.written - transport.get_write_buffer_size()
+        queued = unsent_bytes(transport.get_extra_info("socket"))
+        return taken - queued if queued is not None else taken
+
     # output
     def send(self, frame: list[Any]) -> None:
         if self.closed:
@@ -124,7 +136,9 @@ class _Link(asyncio.Protocol):
         out = self._out
         if out and self.transport is not None and not self.closed:
             self._out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.written += len(data)
+            self.transport.write(data)
 
     def close(self) -> None:
         self.closed = True

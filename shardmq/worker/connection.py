@@ -59,6 +59,7 @@ from ..protocol.packets import (
     Unsubscribe,
 )
 from ..protocol.topics import validate_topic_name
+from ..socketinfo import tcp_bytes_acked
 from .session import Message, Outbound, Session
 from .shard import NEVER_EXPIRES, Shard, remaining_expiry
 
@@ -108,6 +109,7 @@ class Connection(asyncio.Protocol):
         "_over_limit",
         "_connect",
         "_unsent",
+        "written",
     )
 
     def __init__(self, shard: Shard) -> None:
@@ -146,6 +148,8 @@ class Connection(asyncio.Protocol):
         self._connect: Connect | None = None
         #: in-flight packet ids still to resend after a reconnect
         self._unsent: deque[int] = deque()
+        #: bytes handed to the transport (flow control measures progress by it)
+        self.written = 0
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -192,6 +196,7 @@ class Connection(asyncio.Protocol):
         shard = self.shard
         shard.connections.discard(self)
         shard.paused_readers.discard(self)
+        shard.stalled.pop(self, None)
         if self.write_paused:
             self.write_paused = False
             shard.writer_resumed(self)
@@ -235,6 +240,17 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
+    def delivered(self) -> int:
+        """Bytes the client's TCP stack acknowledged (flow control's measure of
+        progress); without TCP_INFO, what left our buffer."""
+        transport = self.transport
+        if transport is None:
+            return self.written
+        acked = tcp_bytes_acked(transport.get_extra_info("socket"))
+        if acked is not None:
+            return acked
+        return self.written - transport.get_write_buffer_size()
+
     # -- output ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -252,6 +268,7 @@ class Connection(asyncio.Protocol):
         self._out = []
         data = out[0] if len(out) == 1 else b"".join(out)
         self.shard.stats.bytes_sent += len(data)
+        self.written += len(data)
         transport = self.transport
         transport.write(data)
         if (

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
 from ..cluster import messages as wire
@@ -45,6 +45,21 @@ from .session import Message, Outbound, Session, Subscription
 
 if TYPE_CHECKING:
     from .connection import Connection
+
+
+class Writer(Protocol):
+    """Anything whose outgoing buffer takes part in flow control: a client
+    connection or a link to another shard."""
+
+    client_id: str
+
+    def buffer_size(self) -> int: ...
+
+    def delivered(self) -> int:
+        """A count that grows while the peer takes data off the socket (see
+        ``socketinfo``): bytes acknowledged, or bytes read by the peer."""
+        ...
+
 
 log = logging.getLogger("shardmq.shard")
 
@@ -118,7 +133,9 @@ class Shard:
         self.unflushed = 0
         self.flush_budget = min(1024 * 1024, config.max_outgoing_buffer // 4)
         # flow control: connections whose transport asked us to stop writing
-        self.congested: dict[Connection, int] = {}
+        self.congested: dict[Writer, list[int]] = {}
+        #: congested writers that drained nothing for a while: not waited for
+        self.stalled: dict[Writer, list[int]] = {}
         self.paused_readers: set[Connection] = set()
         self._stall_handle: asyncio.TimerHandle | None = None
         self._sys_handle: asyncio.TimerHandle | None = None
@@ -180,36 +197,53 @@ class Shard:
     # "congested". While any connection is congested, publishers are paused
     # after each chunk they send, so a fast publisher is slowed to the pace of
     # its slowest reading subscriber instead of growing that subscriber's
-    # buffer. A congested connection whose buffer has not shrunk in
-    # STALL_CHECK seconds is declared stalled: it stops counting (publishers
-    # run again) and, as its buffer keeps growing, it is disconnected once it
-    # passes max_outgoing_buffer. So a stuck client cannot stall the broker,
-    # and a slow one cannot exhaust its memory.
+    # buffer. Progress is what the peer took off the socket, as the kernel
+    # counts it (``Writer.delivered``; the transport's own buffer drains in
+    # bursts seconds apart even while the peer reads). A congested connection
+    # whose peer took nothing for STALL_CHECKS checks is declared stalled: it stops
+    # counting (publishers run again) and, as its buffer keeps growing, it is
+    # disconnected once it passes max_outgoing_buffer; one that starts
+    # draining again counts again. So a reading client is never cut off
+    # while it makes progress, a stuck one cannot stall the broker, and
+    # neither can exhaust its memory.
 
     STALL_CHECK = 0.5
+    #: checks in a row without progress before a congested writer is stalled
+    STALL_CHECKS = 2
 
-    def writer_paused(self, conn: Connection) -> None:
-        self.congested[conn] = conn.buffer_size()
+    def writer_paused(self, conn: Writer) -> None:
+        self.stalled.pop(conn, None)
+        self.congested[conn] = [conn.delivered(), 0]
         if self._stall_handle is None:
             self._stall_handle = self.loop.call_later(self.STALL_CHECK, self._check_stalled)
 
-    def writer_resumed(self, conn: Connection) -> None:
+    def writer_resumed(self, conn: Writer) -> None:
+        self.stalled.pop(conn, None)
         if self.congested.pop(conn, None) is not None and not self.congested:
             self.resume_readers()
 
     def _check_stalled(self) -> None:
         self._stall_handle = None
         congested = self.congested
-        for conn, size in list(congested.items()):
-            now = conn.buffer_size()
-            if now >= size:
+        for conn, mark in list(congested.items()):
+            delivered = conn.delivered()
+            if delivered > mark[0]:
+                mark[0], mark[1] = delivered, 0
+                continue
+            mark[1] += 1
+            if mark[1] >= self.STALL_CHECKS:
                 del congested[conn]
+                self.stalled[conn] = [delivered, 0]
                 log.info("client %s stopped reading; not waiting for it", conn.client_id)
-            else:
-                congested[conn] = now
-        if congested:
+        for conn, mark in list(self.stalled.items()):
+            delivered = conn.delivered()
+            if delivered > mark[0]:
+                # reading again: publishers wait for it once more
+                del self.stalled[conn]
+                congested[conn] = [delivered, 0]
+        if congested or self.stalled:
             self._stall_handle = self.loop.call_later(self.STALL_CHECK, self._check_stalled)
-        else:
+        if not congested:
             self.resume_readers()
 
     def pause_reader(self, conn: Connection) -> None:

@@ -4,8 +4,10 @@ bound, its dropped QoS 0 messages are counted, and other clients lose nothing.""
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
-from shardmq.protocol.codec import encode
+from shardmq.protocol.codec import Decoder, encode
 from shardmq.protocol.packets import Connect, Subscribe, Subscription
 from tests.helpers import WAIT, Client
 
@@ -81,3 +83,50 @@ def test_paused_publisher_is_resumed(make_broker, clients):
     assert not rc.is_failure
     assert sub.get().payload == b"still flowing"
     slow.close()
+
+
+def test_steady_slow_reader_is_never_cut_off(make_broker, clients):
+    """A subscriber that keeps reading, far more slowly than the publisher floods,
+    makes progress all along: publishers wait for it and it is never cut off as a
+    slow consumer, however its buffer size happens to compare between two checks.
+    (Progress is what its socket drained, not whether its buffer shrank.)"""
+    bt = make_broker(max_outgoing_buffer=1024 * 1024)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", bt.port))
+    sock.settimeout(WAIT)
+    sock.sendall(encode(Connect("steady", keep_alive=0), 5))
+    sock.sendall(encode(Subscribe(1, [Subscription("steady/#", 0)]), 5))
+    decoder = Decoder(server=False, version=5)
+    got: list[object] = []
+    while len(got) < 2:  # CONNACK, SUBACK
+        got.extend(decoder.feed(sock.recv(64)))
+    count = 1000
+    received = []
+    closed = threading.Event()
+
+    def read_slowly() -> None:
+        # 16 KiB every 10 ms: about 1.6 MB/s, a small fraction of the flood rate
+        try:
+            while len(received) < count + 1:
+                data = sock.recv(16384)
+                if not data:
+                    break
+                received.extend(p for p in decoder.feed(data))
+                time.sleep(0.01)
+        except OSError:
+            pass
+        closed.set()
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    pub = clients(bt.port)
+    pub.connect()
+    for i in range(count):
+        pub.publish(f"steady/{i % 5}", b"s" * 8192, qos=0)
+    pub.publish("steady/end", b"end", qos=0)
+    closed.wait(60)
+    reader.join(1)
+    sock.close()
+    assert len(received) == count + 1, f"cut off after {len(received)} of {count + 1}"
+    assert bt.call(lambda: bt.broker.stats.messages_dropped) == 0
