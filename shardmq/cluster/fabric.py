@@ -20,7 +20,12 @@ Consistency the fabric gives the shard (what the tests rely on):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
+
+
+async def _done() -> None:
+    return None
 
 
 class Fabric:
@@ -68,8 +73,14 @@ class Fabric:
     def subscription_removed(self, full_filter: str) -> None:
         pass
 
-    async def barrier(self) -> None:
-        pass
+    def barrier(self) -> Awaitable[None]:
+        """Resolves once every live peer has applied what this shard sent it
+        before the call (the requests go out with the next ``flush_now``, or
+        at the end of the loop iteration)."""
+        return _done()
+
+    def flush_now(self) -> None:
+        """Write queued control frames now instead of at the end of the iteration."""
 
     # -- retained --------------------------------------------------------------------
 
@@ -82,6 +93,10 @@ class Fabric:
         """Claim ``client_id`` for this shard; returns (epoch, session state moved
         from another shard or None)."""
         return 0, None
+
+    def claim_done(self, client_id: str, epoch: int) -> None:
+        """The claim ``acquire`` made under ``epoch`` is settled (the session is
+        installed, or kept offline): the next claim of the id may proceed."""
 
     def release(self, client_id: str, epoch: int) -> None:
         pass

@@ -33,6 +33,8 @@ import logging
 import os
 import time
 import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -45,6 +47,10 @@ from .interest import Interest
 log = logging.getLogger("shardmq.fabric")
 
 REQUEST_TIMEOUT = 2.0
+#: a claim may wait at home behind others for the same id (a takeover storm)
+CLAIM_TIMEOUT = 10.0
+#: longest a granted claim holds the next one back (a claimant that vanished)
+CLAIM_HOLD = 5.0
 _NONE: frozenset[int] = frozenset()
 READY_TIMEOUT = 5.0
 _HIGH_WATER = 1024 * 1024
@@ -172,6 +178,10 @@ class LocalFabric(Fabric):
         self.epochs: dict[str, int] = {}
         #: client id -> newest epoch seen for a take-over (fencing)
         self.fence: dict[str, int] = {}
+        #: home side: the claim of each id being settled (shard, epoch, since)
+        #: and the claims waiting for it, granted one at a time
+        self.claiming: dict[str, tuple[int, int, float]] = {}
+        self.claim_queue: dict[str, deque[tuple[int, Callable[[int, int | None], None]]]] = {}
         self.retained_stamps: dict[str, float] = {}
         self.stats_by_peer: dict[int, dict[str, int]] = {}
         self._share_rr: dict[tuple[str, str], int] = {}
@@ -274,6 +284,7 @@ class LocalFabric(Fabric):
         if not link.outgoing and link.kind == "ctl":
             log.warning("shard %d: lost shard %d, forgetting its interest", self.shard_id, peer)
             self.alive.discard(peer)
+            self._forget_claims_of(peer)
             self.interest.drop_shard(peer)
             self.remote_shared = self.interest.has_shared()
             for req, (target, fut) in list(self._pending.items()):
@@ -292,23 +303,40 @@ class LocalFabric(Fabric):
         for peer in self.out:
             self._send(peer, "ctl", frame)
 
-    async def _request(self, peer: int, frame: list[Any]) -> Any:
-        """Send a request frame (its item 1 is the request id) and await the reply."""
+    def _ask(self, peer: int, frame: list[Any]) -> asyncio.Future[Any] | None:
+        """Send a request frame now (its item 1 becomes the request id); the
+        future gets the reply, or None if the peer goes away. None when the
+        peer is not reachable."""
         self._req += 1
         req = self._req
         frame[1] = req
+        if peer not in self.alive or not self._send(peer, "ctl", frame):
+            return None
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._pending[req] = (peer, fut)
-        if peer not in self.alive or not self._send(peer, "ctl", frame):
-            del self._pending[req]
+        fut.add_done_callback(lambda _f: self._pending.pop(req, None))
+        return fut
+
+    async def _request(self, peer: int, frame: list[Any], timeout: float = REQUEST_TIMEOUT) -> Any:
+        """Send a request frame and await the reply (None on timeout or loss)."""
+        fut = self._ask(peer, frame)
+        if fut is None:
             return None
         try:
-            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             log.warning("shard %d: no answer from shard %d", self.shard_id, peer)
             return None
-        finally:
-            self._pending.pop(req, None)
+
+    def flush_now(self) -> None:
+        """Write what is queued on the control links at once rather than at the
+        end of the loop iteration: interest deltas reach the other workers while
+        this one is still busy with the rest of what it read (README "Several
+        workers": how soon a subscription is seen everywhere)."""
+        for links in self.out.values():
+            link = links.get("ctl")
+            if link is not None and link._out:
+                link.flush()
 
     # -- routing -----------------------------------------------------------------------
 
@@ -320,13 +348,9 @@ class LocalFabric(Fabric):
         self.last_dests = shards
         if not shards:
             return 0
-        # the frame names every shard it goes to, so a shard that just handed
-        # a session over knows whether the new owner got it too
-        frame = [
-            m.PUBLISH,
-            self.shard.pack_message(message, self.loop.time()),
-            [*shards, self.shard_id],  # every shard that routes it
-        ]
+        # the message names every shard that routes it (MoveDedupe)
+        message.dests = (*shards, self.shard_id)
+        frame = [m.PUBLISH, self.shard.pack_message(message, self.loop.time())]
         n = 0
         for peer in shards:
             if self._send(peer, "data", frame):
@@ -368,10 +392,20 @@ class LocalFabric(Fabric):
         if n <= 0 or full_filter.startswith("$share/"):
             self._broadcast([m.SUB_DEL, full_filter])
 
-    async def barrier(self) -> None:
-        peers = [p for p in self.out if p in self.alive]
-        if peers:
-            await asyncio.gather(*(self._request(p, [m.PING, 0]) for p in peers))
+    def barrier(self) -> Awaitable[None]:
+        """PING every live peer now; the result resolves once each has answered
+        (so has applied everything sent before). Call ``flush_now`` after it to
+        send the PINGs without waiting for the end of the loop iteration."""
+        futures = [f for p in self.out if p in self.alive if (f := self._ask(p, [m.PING, 0]))]
+        return self._wait_all(futures)
+
+    async def _wait_all(self, futures: list[asyncio.Future[Any]]) -> None:
+        if not futures:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), REQUEST_TIMEOUT)
+        except TimeoutError:
+            log.warning("shard %d: a barrier was not answered in time", self.shard_id)
 
     # -- retained ------------------------------------------------------------------------
 
@@ -394,11 +428,22 @@ class LocalFabric(Fabric):
     # -- sessions -------------------------------------------------------------------------
 
     async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, Any]:
+        """Claim ``client_id`` at its home shard, then take the session from the
+        previous owner. The home grants one claim of an id at a time, so the
+        previous owner has settled (accepted its connection, or kept the session
+        offline) before it is asked; the caller must report with ``claim_done``."""
         home = self.home(client_id)
         if home == self.shard_id:
-            epoch, previous = self._claim(client_id, self.shard_id)
+            fut: asyncio.Future[tuple[int, int | None]] = self.loop.create_future()
+
+            def answer(epoch: int, previous: int | None) -> None:
+                if not fut.done():
+                    fut.set_result((epoch, previous))
+
+            self._claim(client_id, self.shard_id, answer)
+            epoch, previous = await fut
         else:
-            reply = await self._request(home, [m.CLAIM, 0, client_id, self.shard_id])
+            reply = await self._request(home, [m.CLAIM, 0, client_id, self.shard_id], CLAIM_TIMEOUT)
             if reply is None:
                 # the home shard is down (restarting): go on locally
                 epoch, previous = int(time.time() * 1000), None
@@ -407,16 +452,83 @@ class LocalFabric(Fabric):
         self.epochs[client_id] = epoch
         state = None
         if previous is not None and previous != self.shard_id:
-            state = await self._request(previous, [m.TAKE, 0, client_id, epoch, clean_start])
+            state = await self._request(
+                previous, [m.TAKE, 0, client_id, epoch, clean_start], CLAIM_TIMEOUT
+            )
         return epoch, state
 
-    def _claim(self, client_id: str, shard_id: int) -> tuple[int, int | None]:
+    def claim_done(self, client_id: str, epoch: int) -> None:
+        """The claim under ``epoch`` is settled: the home may grant the next one."""
+        home = self.home(client_id)
+        if home == self.shard_id:
+            self._done(client_id, epoch)
+        else:
+            self._send(home, "ctl", [m.DONE, client_id, epoch])
+
+    # home side
+
+    def _claim(
+        self, client_id: str, shard_id: int, answer: Callable[[int, int | None], None]
+    ) -> None:
+        current = self.claiming.get(client_id)
+        if current is not None and self.loop.time() - current[2] < CLAIM_HOLD:
+            waiting = self.claim_queue.setdefault(client_id, deque())
+            waiting.append((shard_id, answer))
+            if len(waiting) == 1:
+                self.loop.call_later(CLAIM_HOLD, self._claim_overdue, client_id, current[1])
+            return
+        self._grant(client_id, shard_id, answer)
+
+    def _grant(
+        self, client_id: str, shard_id: int, answer: Callable[[int, int | None], None]
+    ) -> None:
         prev = self.owners.get(client_id)
         epoch = int(time.time() * 1000)
         if prev is not None and epoch <= prev[1]:
             epoch = prev[1] + 1
         self.owners[client_id] = (shard_id, epoch)
-        return epoch, prev[0] if prev is not None else None
+        self.claiming[client_id] = (shard_id, epoch, self.loop.time())
+        answer(epoch, prev[0] if prev is not None else None)
+
+    def _done(self, client_id: str, epoch: int) -> None:
+        current = self.claiming.get(client_id)
+        if current is None or current[1] != epoch:
+            return
+        del self.claiming[client_id]
+        waiting = self.claim_queue.get(client_id)
+        if waiting:
+            shard_id, answer = waiting.popleft()
+            if not waiting:
+                del self.claim_queue[client_id]
+            self._grant(client_id, shard_id, answer)
+
+    def _claim_overdue(self, client_id: str, epoch: int) -> None:
+        current = self.claiming.get(client_id)
+        if current is not None and current[1] == epoch:
+            log.warning(
+                "shard %d: claim of %r by shard %d not settled in %.0f s, granting the next",
+                self.shard_id,
+                client_id,
+                current[0],
+                CLAIM_HOLD,
+            )
+            self._done(client_id, epoch)
+        waiting = self.claim_queue.get(client_id)
+        current = self.claiming.get(client_id)
+        if waiting and current is not None:
+            self.loop.call_later(CLAIM_HOLD, self._claim_overdue, client_id, current[1])
+
+    def _forget_claims_of(self, peer: int) -> None:
+        """A peer went away: its claims in progress are settled as they stand."""
+        for client_id, waiting in list(self.claim_queue.items()):
+            kept = deque(w for w in waiting if w[0] != peer)
+            if kept:
+                self.claim_queue[client_id] = kept
+            else:
+                del self.claim_queue[client_id]
+        for client_id, (shard_id, epoch, _since) in list(self.claiming.items()):
+            if shard_id == peer:
+                self._done(client_id, epoch)
 
     def release(self, client_id: str, epoch: int) -> None:
         if self.epochs.get(client_id) == epoch:
@@ -447,9 +559,10 @@ class LocalFabric(Fabric):
         shard = self.shard
         if kind == m.PUBLISH:
             msg = self.shard.unpack_message(frame[1], self.loop.time())
+            shard.seen[msg.src] = msg.seq
             shard.route_local(msg)
             if shard.moved:
-                shard.forward_moved(msg, frame[2])
+                shard.forward_moved(msg)
         elif kind == m.DELIVER:
             msg = self.shard.unpack_message(frame[2], self.loop.time())
             shard.deliver_direct(frame[1], msg, frame[3], frame[4], frame[5])
@@ -474,8 +587,17 @@ class LocalFabric(Fabric):
         elif kind == m.PING:
             self._send(peer, "ctl", [m.PONG, frame[1]])
         elif kind == m.CLAIM:
-            epoch, previous = self._claim(frame[2], frame[3])
-            self._send(peer, "ctl", [m.CLAIMED, frame[1], [epoch, previous]])
+            req = frame[1]
+
+            def answer(epoch: int, previous: int | None) -> None:
+                self._send(peer, "ctl", [m.CLAIMED, req, [epoch, previous]])
+                link = self.out.get(peer, {}).get("ctl")
+                if link is not None:
+                    link.flush()  # a claimant may be queued behind it: no delay
+
+            self._claim(frame[2], frame[3], answer)
+        elif kind == m.DONE:
+            self._done(frame[1], frame[2])
         elif kind == m.TAKE:
             client_id, epoch, clean_start = frame[2], frame[3], frame[4]
             if epoch > self.fence.get(client_id, 0):

@@ -2,7 +2,8 @@
 
 Every frame is a list whose first item is its kind. Application messages
 travel as (topic, payload, qos, retain, properties, expiry left in ms,
-origin); properties as a dict of the set fields, user properties as a list of
+origin, origin shard, number at the origin shard, shards it was sent to);
+properties as a dict of the set fields, user properties as a list of
 pairs so repeated keys and their order survive.
 """
 
@@ -19,7 +20,7 @@ INTEREST_FULL = 1  # [.., [[full_filter, count], ...]]
 SUB_ADD = 2  # [.., full_filter]
 SUB_DEL = 3  # [.., full_filter]
 # routing
-PUBLISH = 4  # [.., message, [shards sent to]]  deliver to local non-shared subscribers
+PUBLISH = 4  # [.., message]  deliver to local non-shared subscribers
 PUBLISH_SHARED = 5  # [.., message, group, filter]  deliver to one local member
 # retained replication
 RETAIN = 6  # [.., topic, message | None, stamp]
@@ -37,6 +38,8 @@ OWNED = 15  # [.., [[client_id, epoch], ...]]          re-teach a restarted home
 STATS = 16  # [.., shard_id, {name: value}]
 # a message for one session that moved away from the sending shard
 DELIVER = 17  # [.., client_id, message, qos, retain, subscription ids]
+# the claimant of a client id reports to the home shard that its claim is settled
+DONE = 18  # [.., client_id, epoch]
 REPLY = frozenset({CLAIMED, SESSION, PONG})
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from ..errors import (
@@ -263,13 +263,17 @@ class Connection(asyncio.Protocol):
     def flush(self) -> None:
         self._dirty = False
         out = self._out
-        if not out or self.transport is None:
+        transport = self.transport
+        if not out or transport is None:
             return
         self._out = []
+        if transport.is_closing():
+            # closed under us (a reset whose connection_lost has not run yet):
+            # writing would raise; what was queued is gone with the connection
+            return
         data = out[0] if len(out) == 1 else b"".join(out)
         self.shard.stats.bytes_sent += len(data)
         self.written += len(data)
-        transport = self.transport
         transport.write(data)
         if (
             self.write_paused
@@ -560,32 +564,51 @@ class Connection(asyncio.Protocol):
 
     async def _acquire_and_accept(self, packet: Connect, auth_data: bytes | None) -> None:
         """Multi-worker broker: claim the client id through its home shard and
-        bring the session over from the shard that held it, then accept."""
-        shard = self.shard
-        shard.acquiring.add(self.client_id)
-        try:
-            await self._acquire(packet, auth_data)
-        finally:
-            shard.acquired(self.client_id)
+        bring the session over from the shard that held it, then accept.
 
-    async def _acquire(self, packet: Connect, auth_data: bytes | None) -> None:
-        fabric = self.shard.fabric
-        epoch, state = await fabric.acquire(self.client_id, packet.clean_start)
-        if self.state == CLOSED:
-            return
-        if fabric.fence.get(self.client_id, 0) > epoch:  # type: ignore[attr-defined]
-            # a newer connection claimed this id while we were claiming it
-            raise MQTTError(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
-        if state is not None and not packet.clean_start:
-            existing = self.shard.sessions.get(self.client_id)
-            if existing is None or existing.connection is None:
-                if existing is not None:
-                    existing.will = None
-                    self.shard.end_session(existing)
-                self.shard.install_session(self.client_id, state)
-        self._accept(packet, auth_data)
-        if self.session is not None:
-            self.session.epoch = epoch
+        The claim runs to its end even if this connection goes away meanwhile
+        (it is shielded from the cancellation in ``connection_lost``): the home
+        shard grants the next claim of the id only once this one is settled, and
+        a session taken from another shard must land somewhere, not vanish."""
+        claim = self.loop.create_task(self._claim(packet, auth_data))
+        await asyncio.shield(claim)
+
+    async def _claim(self, packet: Connect, auth_data: bytes | None) -> None:
+        shard = self.shard
+        fabric = shard.fabric
+        cid = self.client_id
+        start = shard.begin_acquire(cid)
+        epoch: int | None = None
+        try:
+            epoch, state = await fabric.acquire(cid, packet.clean_start)
+            if state is not None and not packet.clean_start:
+                existing = shard.sessions.get(cid)
+                if existing is None or existing.connection is None:
+                    if existing is not None:
+                        existing.will = None
+                        shard.end_session(existing)
+                    shard.install_session(cid, state).epoch = epoch
+                    fabric.flush_now()  # its interest, to every worker at once
+                else:
+                    log.warning("client %s: a session arrived for a live one, kept the live", cid)
+            superseded = fabric.fence.get(cid, 0) > epoch  # type: ignore[attr-defined]
+            if self.state == CLOSED or superseded:
+                # gone, or a newer connection claimed the id meanwhile: what we
+                # took waits here, offline, for whoever claims it next
+                session = shard.sessions.get(cid)
+                if session is not None:
+                    session.epoch = epoch
+                    shard.park(session)
+                if superseded and self.state != CLOSED:
+                    raise MQTTError(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+                return
+            self._accept(packet, auth_data)
+            if self.session is not None:
+                self.session.epoch = epoch
+        finally:
+            shard.acquired(cid, start)
+            if epoch is not None:
+                fabric.claim_done(cid, epoch)
 
     async def _auth_round(self, packet: Connect | Auth, reauth: bool) -> None:
         hook = self.shard.hooks.on_auth
@@ -931,7 +954,10 @@ class Connection(asyncio.Protocol):
     async def _publish_retained_synced(self, packet: Publish) -> None:
         """A retained message at QoS 1/2 is acknowledged once every worker holds it."""
         code = self._publish_message(packet)
-        await self.shard.fabric.barrier()
+        fabric = self.shard.fabric
+        applied = fabric.barrier()
+        fabric.flush_now()
+        await applied
         if self.state == CONNECTED:
             self._ack_publish(packet, code, None)
 
@@ -1154,16 +1180,21 @@ class Connection(asyncio.Protocol):
             codes = [c if c < 0x80 else 0x80 for c in codes]
         else:
             codes = [c if c < 0x80 else sendable_code(PacketType.SUBACK, c) for c in codes]
-        if self.shard.fabric.distributed:
-            # SUBACK once every worker knows of the subscription
-            return self._suback_after_barrier(packet.packet_id, codes, retained)
+        fabric = self.shard.fabric
+        if fabric.distributed:
+            # SUBACK once every worker knows of the subscription; the deltas and
+            # the barrier's PINGs leave now, not at the end of this iteration,
+            # so other workers see the subscription as soon as possible
+            applied = fabric.barrier()
+            fabric.flush_now()
+            return self._suback_after(applied, packet.packet_id, codes, retained)
         self._suback(packet.packet_id, codes, retained)
         return None
 
-    async def _suback_after_barrier(
-        self, packet_id: int, codes: list[int], retained: list[Any]
+    async def _suback_after(
+        self, applied: Awaitable[None], packet_id: int, codes: list[int], retained: list[Any]
     ) -> None:
-        await self.shard.fabric.barrier()
+        await applied
         if self.state == CONNECTED:
             self._suback(packet_id, codes, retained)
 
@@ -1212,6 +1243,7 @@ class Connection(asyncio.Protocol):
             codes.append(self.shard.unsubscribe(session, f))
         codes = [c if c < 0x80 else sendable_code(PacketType.UNSUBACK, c) for c in codes]
         self.send(Unsuback(packet.packet_id, codes))
+        self.shard.fabric.flush_now()
 
     def _handle_pingreq(self, packet: Any) -> Coroutine[Any, Any, None] | None:
         self._require_connected()

@@ -38,6 +38,9 @@ class Message:
         "expiry_at",
         "origin",
         "template",
+        "src",
+        "seq",
+        "dests",
     )
 
     def __init__(
@@ -61,6 +64,12 @@ class Message:
         self.origin = origin
         #: built on first delivery (a message only handed to other shards never needs it)
         self.template: PublishTemplate | None = None
+        #: multi-worker broker: the shard that routed it first and its number
+        #: there (strictly growing per shard), and every shard it was sent to;
+        #: a session that moves between shards uses them to deliver it once
+        self.src = -1
+        self.seq = 0
+        self.dests: tuple[int, ...] = ()
 
     def encoder(self) -> PublishTemplate:
         """The message's fan-out encoder (topic, properties and payload encoded once)."""
@@ -143,6 +152,7 @@ class Session:
         "drop_oldest",
         "queue_qos0",
         "epoch",
+        "dedupe",
     )
 
     def __init__(
@@ -166,6 +176,9 @@ class Session:
         self.queue_qos0 = queue_qos0
         #: ownership epoch on a multi-worker broker (see cluster/local.py)
         self.epoch = 0
+        #: for a while after moving here from another shard: what was already
+        #: delivered elsewhere (see MoveDedupe)
+        self.dedupe: MoveDedupe | None = None
 
     def allocate_packet_id(self) -> int:
         """The next free outbound packet id (1..65535)."""
@@ -192,3 +205,52 @@ class Session:
             return False
         pending.append(delivery)
         return True
+
+
+class MoveDedupe:
+    """Exactly-once delivery for a session that just moved between shards.
+
+    Theory of operation. Every message routed on a multi-worker broker carries
+    its origin shard ``src``, a number ``seq`` strictly growing per origin, and
+    ``dests``, the shards the origin sent it to. Links are ordered, so each
+    shard receives one origin's messages in ``seq`` order. When a shard hands
+    a session over it reports ``handled[shard][src]``: the last number it
+    received from each origin; every message it received up to there that
+    matched the session was delivered to the session (or is in the state
+    handed over). The new owner then receives each remaining message at most
+    twice: routed to itself, and forwarded by the previous owner, which
+    forwards what reaches it for the session during ``MOVED_GRACE``. A
+    message is a duplicate when a shard in its ``dests`` already handled its
+    number, or when its id is among those delivered since the move. Both
+    tables live only for the move's window, so steady-state delivery pays one
+    attribute test.
+    """
+
+    __slots__ = ("handled", "ids", "until")
+
+    def __init__(self, handled: dict[int, dict[int, int]], ids: set[int], until: float) -> None:
+        self.handled = handled
+        self.ids = ids
+        self.until = until
+
+    def duplicate(self, msg: Message) -> bool:
+        src = msg.src
+        if src < 0:
+            return False
+        seq = msg.seq
+        handled = self.handled
+        for shard in msg.dests:
+            marks = handled.get(shard)
+            if marks is not None and marks.get(src, -1) >= seq:
+                return True
+        key = (src << 48) | seq
+        ids = self.ids
+        if key in ids:
+            return True
+        if len(ids) < MAX_MOVE_IDS:
+            ids.add(key)
+        return False
+
+
+#: ids remembered per moving session (bounds the memory a move can pin)
+MAX_MOVE_IDS = 200_000

@@ -41,7 +41,7 @@ from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared,
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
-from .session import Message, Outbound, Session, Subscription
+from .session import Message, MoveDedupe, Outbound, Session, Subscription
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -110,11 +110,17 @@ class Shard:
         #: client id -> (new owner shard, plain subscriptions, deadline) for
         #: sessions handed to another shard in the last MOVED_GRACE seconds
         self.moved: dict[str, tuple[int, list[Any], float]] = {}
-        #: client ids being claimed from another shard, and deliveries for them
-        #: that arrived before their session did
-        self.acquiring: set[str] = set()
-        #: messages routed here while a session was being acquired
+        #: client ids being claimed (with how many claims of each are under
+        #: way here), and deliveries for them that arrived before their session did
+        self.acquiring: dict[str, int] = {}
+        #: messages routed here while a session was being acquired; held[0] is
+        #: message number held_base since the shard started
         self.held: list[Message] = []
+        self.held_base = 0
+        #: multi-worker: the number of the last message this shard routed first,
+        #: and of the last one it received from each other shard (MoveDedupe)
+        self.seq = 0
+        self.seen: dict[int, int] = {}
         self.early: dict[str, list[tuple[Message, int, bool, list[int] | None]]] = {}
         self.sessions: dict[str, Session] = {}
         self.trie: SubscriptionTrie[str, Subscription] = SubscriptionTrie()
@@ -187,7 +193,11 @@ class Shard:
         dirty = self.dirty
         self.dirty = []
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:
+                # one connection's failure must not leave the others unflushed
+                log.exception("client %s: flush failed", conn.client_id)
         if self.paused_readers and not self.congested:
             self.resume_readers()
 
@@ -274,7 +284,7 @@ class Shard:
         hooks decided), so a refused CONNECT never touches a session.
         """
         cid = conn.client_id
-        self.moved.pop(cid, None)  # the session is (back) here
+        self._drop_moved(cid)  # the session is (back) here
         session = self.sessions.get(cid)
         present = False
         if session is not None:
@@ -486,15 +496,21 @@ class Shard:
 
     def route(self, msg: Message) -> int:
         """Deliver to this shard's subscribers and hand to the other shards."""
-        matched = self.route_local(msg)
         fabric = self.fabric
         if fabric.distributed:
+            if msg.src < 0:
+                self.seq += 1
+                msg.src = self.shard_id
+                msg.seq = self.seq
+            matched = self.route_local(msg)
             if self.shared or fabric.remote_shared:
                 matched += self._route_shared_everywhere(msg)
             matched += fabric.forward(msg)
             if self.moved:
-                self.forward_moved(msg, fabric.last_dests)
-        elif self.shared:
+                self.forward_moved(msg)
+            return matched
+        matched = self.route_local(msg)
+        if self.shared:
             matched += self._route_shared(msg)
         return matched
 
@@ -597,6 +613,7 @@ class Shard:
 
     def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> None:
         """Another shard chose one of our members of ``$share/group/filter``."""
+        msg.dests = ()  # chosen for one member: no other shard delivers it to the group
         for group in self.shared.match(msg.topic):
             if group.name == group_name and group.topic_filter == topic_filter:
                 self._deliver_to_group(msg, group)
@@ -618,58 +635,83 @@ class Shard:
     #: messages that were already on their way here (see forward_moved)
     MOVED_GRACE = 5.0
 
-    def forward_moved(self, msg: Message, dests: Any) -> None:
-        """Messages routed here for a session that has just moved to another
-        shard: other shards sent them before they learned of the move. Forward
-        each to the new owner, unless the sender sent it there too."""
-        now = self.loop.time()
-        for cid, (owner, subs, deadline) in list(self.moved.items()):
-            if deadline < now:
-                del self.moved[cid]
-                continue
-            if owner in dests:
-                continue
+    def forward_moved(self, msg: Message) -> None:
+        """A message routed here after a session moved to another shard: other
+        shards sent it before they learned of the move. Forward it to the new
+        owner, which delivers it once (MoveDedupe) whether or not it was also
+        sent there directly."""
+        for cid, (owner, subs, _deadline) in self.moved.items():
             qos, retain, ids = _best_match(subs, msg, cid)
             if qos >= 0:
                 self.fabric.deliver_to(owner, cid, msg, qos, retain, ids)
 
-    def acquired(self, client_id: str) -> None:
-        """The session of ``client_id`` is installed here: deliver what came early."""
-        self.acquiring.discard(client_id)
-        early = self.early.pop(client_id, None)
-        session = self.sessions.get(client_id)
-        held = self.held
+    def _moved_expired(self, client_id: str, deadline: float) -> None:
+        entry = self.moved.get(client_id)
+        if entry is not None and entry[2] == deadline:
+            self._drop_moved(client_id)
+
+    def _drop_moved(self, client_id: str) -> None:
+        """Stop forwarding for a moved session and withdraw the interest kept for it."""
+        entry = self.moved.pop(client_id, None)
+        if entry is not None:
+            for sub in entry[1]:
+                self.fabric.subscription_removed(sub.topic_filter)
+
+    def begin_acquire(self, client_id: str) -> int:
+        """A claim of ``client_id`` starts here; returns its place in ``held``."""
+        self.acquiring[client_id] = self.acquiring.get(client_id, 0) + 1
+        return self.held_base + len(self.held)
+
+    def acquired(self, client_id: str, start: int) -> None:
+        """The claim that began at ``start`` is over: if it brought the session
+        here from another shard, deliver what came early and what was routed
+        here meanwhile (MoveDedupe drops what the old owner handled)."""
+        left = self.acquiring.get(client_id, 0) - 1
+        if left > 0:
+            self.acquiring[client_id] = left
+        else:
+            self.acquiring.pop(client_id, None)
+        early = self.early.pop(client_id, None) if not left else None
+        held = self.held[max(0, start - self.held_base) :]
         if not self.acquiring:
+            self.held_base += len(self.held)
             self.held = []
-        if session is None:
-            return
+        session = self.sessions.get(client_id)
+        if session is None or session.dedupe is None:
+            return  # no session, or one that never left: it saw these itself
         if early:
             for msg, qos, retain, ids in early:
                 self.deliver(session, msg, qos, retain, ids)
-        # QoS 1/2 messages routed here while the session was on its way: the
-        # shard it came from skipped them, seeing them routed here. (QoS 0 may
-        # be lost; a QoS 1/2 one the old shard had already queued for the
-        # session can arrive twice.)
         subs = [sub for sub in session.subscriptions.values() if sub.group is None]
         for msg in held:
-            if msg.qos == 0:
-                continue
             qos, retain, ids = _best_match(subs, msg, client_id)
-            if qos > 0:
+            if qos >= 0:
                 self.deliver(session, msg, qos, retain, ids)
+
+    def park(self, session: Session) -> None:
+        """A session installed here without a connection (its claimant went
+        away): it waits for its client, or for expiry, like a detached one."""
+        if session.connection is not None:
+            return
+        if session.expiry_interval == 0:
+            self.end_session(session)
+        elif session.expiry_interval != NEVER_EXPIRES and session.expiry_timer is None:
+            session.expiry_timer = self.loop.call_later(
+                session.expiry_interval, self._expire_session, session
+            )
 
     def deliver_direct(
         self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None
     ) -> None:
         """A delivery forwarded by the shard this session moved from."""
-        session = self.sessions.get(client_id)
-        if session is not None:
-            self.deliver(session, msg, qos, retain, ids)
-            return
         if client_id in self.acquiring:
             # forwarded on the data link, it overtook the session itself
             # (SESSION on the control link): hold it until the session is here
             self.early.setdefault(client_id, []).append((msg, qos, retain, ids))
+            return
+        session = self.sessions.get(client_id)
+        if session is not None:
+            self.deliver(session, msg, qos, retain, ids)
             return
         moved = self.moved.get(client_id)
         if moved is not None:  # it moved on again: pass it along
@@ -687,11 +729,23 @@ class Shard:
         # a session with expiry 0 ended with its connection [MQTT-3.1.2-6]
         ended = clean_start or session.expiry_interval == 0
         state = None if ended else self.session_state(session)
+        if state is not None:
+            handled = dict(session.dedupe.handled) if session.dedupe is not None else {}
+            handled[self.shard_id] = {**self.seen, self.shard_id: self.seq}
+            state["handled"] = handled
+            state["ids"] = list(session.dedupe.ids) if session.dedupe is not None else []
         if not ended and new_owner is not None:
             subs = [sub for sub in session.subscriptions.values() if sub.group is None]
             if subs:
+                self._drop_moved(client_id)
                 deadline = self.loop.time() + self.MOVED_GRACE
                 self.moved[client_id] = (new_owner, subs, deadline)
+                # keep announcing the interest while forwarding: a publisher
+                # that hears we dropped it before it hears the new owner took
+                # it would send to neither
+                for sub in subs:
+                    self.fabric.subscription_added(sub.topic_filter)
+                self.loop.call_later(self.MOVED_GRACE, self._moved_expired, client_id, deadline)
         self.end_session(session)
         return state
 
@@ -738,25 +792,51 @@ class Shard:
         session.inbound_qos2 = set(state["qos2"])
         session.next_packet_id = state["next_pid"]
         session.dropped = state["dropped"]
+        handled = state.get("handled")
+        if handled is not None:
+            session.dedupe = MoveDedupe(
+                {int(shard): dict(marks) for shard, marks in handled.items()},
+                set(state.get("ids", ())),
+                now + 2 * self.MOVED_GRACE,
+            )
         return session
 
     @staticmethod
     def pack_message(msg: Message, now: float) -> list[Any]:
         left = None if msg.expiry_at is None else max(0, int((msg.expiry_at - now) * 1000))
         props = wire.pack_properties(msg.properties)
-        return [msg.topic, msg.payload, msg.qos, msg.retain, props, left, msg.origin]
+        return [
+            msg.topic,
+            msg.payload,
+            msg.qos,
+            msg.retain,
+            props,
+            left,
+            msg.origin,
+            msg.src,
+            msg.seq,
+            msg.dests,
+        ]
 
     @staticmethod
     def unpack_message(data: list[Any], now: float) -> Message:
-        topic, payload, qos, retain, props, left, origin = data
+        topic, payload, qos, retain, props, left, origin, src, seq, dests = data
         expiry_at = None if left is None else now + left / 1000
-        return Message(
-            topic, payload, qos, retain, wire.unpack_properties(props), expiry_at, origin
-        )
+        msg = Message(topic, payload, qos, retain, wire.unpack_properties(props), expiry_at, origin)
+        msg.src = src
+        msg.seq = seq
+        msg.dests = dests
+        return msg
 
     def deliver(
         self, session: Session, msg: Message, qos: int, retain: bool, ids: list[int] | None
     ) -> None:
+        dedupe = session.dedupe
+        if dedupe is not None:
+            if dedupe.until < self.loop.time():
+                session.dedupe = None
+            elif dedupe.duplicate(msg):
+                return  # delivered by the shard the session came from
         conn = session.connection
         if conn is None:
             if qos == 0 and not session.queue_qos0:
@@ -855,7 +935,11 @@ def remaining_expiry(msg: Message, now: float) -> int | None:
     left = msg.expiry_at - now
     if left <= 0:
         return -1
-    return math.ceil(left)
+    # expiry_at = arrival + interval in floats: the difference can come back a
+    # hair above the interval (60.000000000000004), which must not round up
+    # to a second more than the publisher gave [MQTT-3.3.2-6], nor past the
+    # four bytes the property has
+    return min(math.ceil(left - 1e-6), 0xFFFFFFFF)
 
 
 def _best_match(
