@@ -393,19 +393,36 @@ class LocalFabric(Fabric):
             self._broadcast([m.SUB_DEL, full_filter])
 
     def barrier(self) -> Awaitable[None]:
-        """PING every live peer now; the result resolves once each has answered
-        (so has applied everything sent before). Call ``flush_now`` after it to
-        send the PINGs without waiting for the end of the loop iteration."""
+        """PING every live peer now; the future resolves once each has answered
+        (so has applied everything sent before), or after REQUEST_TIMEOUT. Call
+        ``flush_now`` after it to send the PINGs without waiting for the end of
+        the loop iteration. A plain future, not a coroutine: a waiter that goes
+        away leaves nothing behind to warn about."""
+        done: asyncio.Future[None] = self.loop.create_future()
         futures = [f for p in self.out if p in self.alive if (f := self._ask(p, [m.PING, 0]))]
-        return self._wait_all(futures)
-
-    async def _wait_all(self, futures: list[asyncio.Future[Any]]) -> None:
         if not futures:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), REQUEST_TIMEOUT)
-        except TimeoutError:
-            log.warning("shard %d: a barrier was not answered in time", self.shard_id)
+            done.set_result(None)
+            return done
+        left = [len(futures)]
+
+        def answered(_fut: asyncio.Future[Any]) -> None:
+            left[0] -= 1
+            if left[0] == 0 and not done.done():
+                done.set_result(None)
+
+        for fut in futures:
+            fut.add_done_callback(answered)
+        timer = self.loop.call_later(REQUEST_TIMEOUT, self._resolve_late, futures, self.shard_id)
+        done.add_done_callback(lambda _d: timer.cancel() if left[0] == 0 else None)
+        return done
+
+    @staticmethod
+    def _resolve_late(futures: list[asyncio.Future[Any]], shard_id: int) -> None:
+        late = [f for f in futures if not f.done()]
+        if late:
+            log.warning("shard %d: a barrier was not answered in time", shard_id)
+            for fut in late:
+                fut.set_result(None)
 
     # -- retained ------------------------------------------------------------------------
 
