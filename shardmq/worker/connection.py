@@ -173,7 +173,9 @@ class Connection(asyncio.Protocol):
         if self.state == CLOSED:
             return
         self.last_rx = self.loop.time()
-        self.shard.stats.bytes_received += len(data)
+        shard = self.shard
+        shard.stats.bytes_received += len(data)
+        shard.received += len(data)
         try:
             packets = self.decoder.feed(data)
         except MQTTError as err:
@@ -186,9 +188,10 @@ class Connection(asyncio.Protocol):
                 self._backlog.extend(packets)
                 return
             self._process(packets)
-            shard = self.shard
             if (
-                shard.congested or shard.unflushed > shard.flush_budget
+                shard.congested
+                or shard.unflushed > shard.flush_budget
+                or shard.received > shard.read_budget
             ) and self.state == CONNECTED:
                 shard.pause_reader(self)
 

@@ -138,6 +138,13 @@ class Shard:
         #: one publisher could queue megabytes before any flush)
         self.unflushed = 0
         self.flush_budget = min(1024 * 1024, config.max_outgoing_buffer // 4)
+        #: bytes read from clients since the last flush; a publisher is paused
+        #: until the next one past this budget, so a flood (even to a topic
+        #: nobody reads) cannot make one loop iteration last seconds and
+        #: starve the worker's other clients (libuv reads a socket up to 32
+        #: times per iteration, 256 KiB each)
+        self.received = 0
+        self.read_budget = 256 * 1024
         # flow control: connections whose transport asked us to stop writing
         self.congested: dict[Writer, list[int]] = {}
         #: congested writers that drained nothing for a while: not waited for
@@ -190,6 +197,7 @@ class Shard:
     def flush(self) -> None:
         self._flush_scheduled = False
         self.unflushed = 0
+        self.received = 0
         dirty = self.dirty
         self.dirty = []
         for conn in dirty:
@@ -257,9 +265,13 @@ class Shard:
             self.resume_readers()
 
     def pause_reader(self, conn: Connection) -> None:
-        """Stop reading a publisher until no subscriber is congested."""
+        """Stop reading a publisher until no subscriber is congested, or until
+        the next flush once this iteration's read budget is spent."""
         self.paused_readers.add(conn)
         conn.pause_reading()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     def resume_readers(self) -> None:
         readers = self.paused_readers
