@@ -33,10 +33,10 @@ from .errors import ConfigError
 from .hooks import HOOK_NAMES, ClientHandle, Hook, Hooks
 from .protocol.constants import ReasonCode
 from .protocol.packets import Properties
+from .protocol.session import Message
 from .protocol.topics import is_valid_topic_filter, validate_topic_name
 from .worker.connection import Connection
 from .worker.listeners import start_listeners, tls_contexts
-from .worker.session import Message
 from .worker.shard import Shard
 
 log = logging.getLogger("shardmq")
@@ -87,7 +87,7 @@ class RetainedAPI:
         props = properties.copy() if properties is not None else Properties()
         if ttl is not None:
             props.message_expiry_interval = ttl
-        expiry_at = shard.loop.time() + ttl if ttl is not None else None
+        expiry_at = shard.clock() + ttl if ttl is not None else None
         msg = Message(topic, bytes(payload), qos, True, props, expiry_at, None)
         if payload:
             shard.retained.set(topic, msg)
@@ -99,7 +99,7 @@ class RetainedAPI:
         msg = shard.retained.get(topic)
         if msg is None:
             return None
-        now = shard.loop.time()
+        now = shard.clock()
         if msg.expiry_at is not None and msg.expiry_at <= now:
             shard.retained.delete(topic)
             return None
@@ -113,7 +113,7 @@ class RetainedAPI:
         if not is_valid_topic_filter(topic_filter):
             raise ValueError(f"invalid topic filter {topic_filter!r}")
         shard = self._shard()
-        now = shard.loop.time()
+        now = shard.clock()
         for msg in shard.retained_messages(topic_filter):
             yield self._view(msg, now)
 
@@ -320,7 +320,7 @@ class Broker:
             qos,
             retain,
             props,
-            shard.loop.time() + expiry if expiry is not None else None,
+            shard.clock() + expiry if expiry is not None else None,
             None,
         )
         return shard.publish(msg)

@@ -262,7 +262,7 @@ class LocalFabric(Fabric):
         link.send([m.INTEREST_FULL, [[f, c] for f, c in self.local_counts.items()]])
         shard = self.shard
         if shard is not None and len(shard.retained):
-            now = self.loop.time()
+            now = time.time()
             items = []
             for topic, msg in shard.retained.items():
                 items.append(
@@ -350,7 +350,7 @@ class LocalFabric(Fabric):
             return 0
         # the message names every shard that routes it (MoveDedupe)
         message.dests = (*shards, self.shard_id)
-        frame = [m.PUBLISH, self.shard.pack_message(message, self.loop.time())]
+        frame = [m.PUBLISH, self.shard.pack_message(message, time.time())]
         n = 0
         for peer in shards:
             if self._send(peer, "data", frame):
@@ -365,13 +365,13 @@ class LocalFabric(Fabric):
     def deliver_to(
         self, shard_id: int, client_id: str, message: Any, qos: int, retain: bool, ids: Any
     ) -> None:
-        packed = self.shard.pack_message(message, self.loop.time())
+        packed = self.shard.pack_message(message, time.time())
         self._send(shard_id, "data", [m.DELIVER, client_id, packed, qos, retain, ids])
 
     def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
         frame = [
             m.PUBLISH_SHARED,
-            self.shard.pack_message(message, self.loop.time()),
+            self.shard.pack_message(message, time.time()),
             group,
             topic_filter,
         ]
@@ -429,7 +429,7 @@ class LocalFabric(Fabric):
     def retained_changed(self, topic: str, message: Any) -> None:
         stamp = time.time()
         self.retained_stamps[topic] = stamp
-        packed = None if message is None else self.shard.pack_message(message, self.loop.time())
+        packed = None if message is None else self.shard.pack_message(message, time.time())
         self._broadcast([m.RETAIN, topic, packed, stamp])
 
     def _apply_retained(self, topic: str, packed: Any, stamp: float) -> None:
@@ -440,7 +440,7 @@ class LocalFabric(Fabric):
         if packed is None:
             shard.retained.delete(topic)
         else:
-            shard.retained.set(topic, self.shard.unpack_message(packed, self.loop.time()))
+            shard.retained.set(topic, self.shard.unpack_message(packed, time.time()))
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -575,17 +575,17 @@ class LocalFabric(Fabric):
         kind = frame[0]
         shard = self.shard
         if kind == m.PUBLISH:
-            msg = self.shard.unpack_message(frame[1], self.loop.time())
+            msg = self.shard.unpack_message(frame[1], time.time())
             shard.seen[msg.src] = msg.seq
             shard.route_local(msg)
             if shard.moved:
                 shard.forward_moved(msg)
         elif kind == m.DELIVER:
-            msg = self.shard.unpack_message(frame[2], self.loop.time())
+            msg = self.shard.unpack_message(frame[2], time.time())
             shard.deliver_direct(frame[1], msg, frame[3], frame[4], frame[5])
         elif kind == m.PUBLISH_SHARED:
             shard.deliver_shared(
-                self.shard.unpack_message(frame[1], self.loop.time()), frame[2], frame[3]
+                self.shard.unpack_message(frame[1], time.time()), frame[2], frame[3]
             )
         elif kind == m.SUB_ADD:
             self.interest.add(peer, frame[1])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import Any
@@ -58,9 +59,9 @@ from ..protocol.packets import (
     Unsuback,
     Unsubscribe,
 )
+from ..protocol.session import Message, Outbound, Session
 from ..protocol.topics import validate_topic_name
 from ..socketinfo import tcp_bytes_acked
-from .session import Message, Outbound, Session
 from .shard import NEVER_EXPIRES, Shard, remaining_expiry
 
 log = logging.getLogger("shardmq.connection")
@@ -742,7 +743,7 @@ class Connection(asyncio.Protocol):
             if session is not None and (qos or session.queue_qos0):
                 session.enqueue((msg, qos, retain, ids))
             return
-        expiry = remaining_expiry(msg, self.loop.time())
+        expiry = remaining_expiry(msg, time.time())
         if expiry == -1:
             return  # expired: never delivered [MQTT-3.3.2-5]
         if qos == 0:
@@ -857,7 +858,7 @@ class Connection(asyncio.Protocol):
             self.send(Pubrel(pid))
             return True
         msg = out.message
-        expiry = remaining_expiry(msg, self.loop.time())
+        expiry = remaining_expiry(msg, time.time())
         if expiry == -1:
             del session.inflight[pid]  # expired while waiting: drop it
             return False
@@ -885,7 +886,7 @@ class Connection(asyncio.Protocol):
             return
         pending = session.pending
         inflight = session.inflight
-        now = self.loop.time()
+        now = time.time()
         while pending:
             msg, qos, retain, ids = pending[0]
             if qos and len(inflight) >= self.send_window:
@@ -995,7 +996,7 @@ class Connection(asyncio.Protocol):
             qos,
             packet.retain,
             props,
-            self.loop.time() + expiry if expiry is not None else None,
+            time.time() + expiry if expiry is not None else None,
             self.client_id,
         )
         if self.shard.publish(msg) == 0 and qos and self.version == MQTT5:

@@ -17,8 +17,10 @@ Writes are coalesced: a connection with output registers itself once in
 ``dirty`` and one ``call_soon`` per loop iteration flushes every dirty
 connection with a single ``transport.write`` each.
 
-Timers: sessions with an expiry and wills with a delay each hold one
-``call_later`` handle, cancelled when the client comes back.
+Deadlines: session expiry and will delay are absolute wall-clock times kept
+with the session (``expires_at``, ``will_at``) and in one heap per shard
+(``routing/deadlines.py``) with a single timer on the earliest, so they can be
+saved and restored with the state.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from ..hooks import Hooks
 from ..protocol.codec import encode
 from ..protocol.constants import ReasonCode
 from ..protocol.packets import Connack, Connect, Properties, Will
+from ..protocol.session import Message, MoveDedupe, Outbound, Session, Subscription
 from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared, topic_matches
+from ..routing.deadlines import DeadlineHeap
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
-from .session import Message, MoveDedupe, Outbound, Session, Subscription
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -152,6 +155,11 @@ class Shard:
         self.paused_readers: set[Connection] = set()
         self._stall_handle: asyncio.TimerHandle | None = None
         self._sys_handle: asyncio.TimerHandle | None = None
+        #: session expiry and will delay, as wall-clock deadlines; one timer
+        self.clock = time.time
+        self.deadlines: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
         self.closing = False
         self._id_counter = 0
 
@@ -309,9 +317,7 @@ class Shard:
                 session = None
             else:
                 present = True
-                if session.expiry_timer is not None:
-                    session.expiry_timer.cancel()  # type: ignore[attr-defined]
-                    session.expiry_timer = None
+                self._clear_deadline("expiry", session)
         if session is None:
             session = self.new_session(cid)
         session.expiry_interval = expiry_interval
@@ -333,9 +339,7 @@ class Shard:
             if will is not None and not will.properties.will_delay_interval:
                 session.will = None
                 self.publish_will(will)
-        if session.will_timer is not None:
-            session.will_timer.cancel()  # type: ignore[attr-defined]
-            session.will_timer = None
+        self._clear_deadline("will", session)
         session.will = None
 
     def new_session(self, client_id: str) -> Session:
@@ -360,7 +364,7 @@ class Shard:
                 session.will = None
             elif will.properties.will_delay_interval:
                 delay = will.properties.will_delay_interval
-                session.will_timer = self.loop.call_later(delay, self._will_delay_elapsed, session)
+                self._set_deadline("will", session, self.clock() + delay)
             else:
                 session.will = None
                 self.publish_will(will)
@@ -368,22 +372,62 @@ class Shard:
             # the session ends with the connection; a delayed will goes out now
             self.end_session(session)
         elif session.expiry_interval != NEVER_EXPIRES:
-            session.expiry_timer = self.loop.call_later(
-                session.expiry_interval, self._expire_session, session
-            )
+            self._set_deadline("expiry", session, self.clock() + session.expiry_interval)
 
-    def _will_delay_elapsed(self, session: Session) -> None:
-        session.will_timer = None
-        will = session.will
-        session.will = None
-        if will is not None:
-            self.publish_will(will)
+    # -- deadlines: one heap per shard, absolute wall-clock times -------------------
 
-    def _expire_session(self, session: Session) -> None:
-        session.expiry_timer = None
-        if session.connection is None and self.sessions.get(session.client_id) is session:
-            log.debug("session %s expired", session.client_id)
-            self.end_session(session)
+    def _set_deadline(self, kind: str, session: Session, when: float) -> None:
+        if kind == "will":
+            session.will_at = when
+        else:
+            session.expires_at = when
+        self.deadlines.set((kind, session.client_id), when)
+        self._rearm()
+
+    def _clear_deadline(self, kind: str, session: Session) -> None:
+        if kind == "will":
+            if session.will_at is None:
+                return
+            session.will_at = None
+        else:
+            if session.expires_at is None:
+                return
+            session.expires_at = None
+        self.deadlines.cancel((kind, session.client_id))
+
+    def _rearm(self) -> None:
+        """Keep the one timer on the earliest deadline (re-armed only when it moves)."""
+        nxt = self.deadlines.next()
+        if nxt == self._deadline_at:
+            return
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        self._deadline_at = nxt
+        if nxt is not None:
+            delay = max(0.0, nxt - self.clock())
+            self._deadline_handle = self.loop.call_later(delay, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_handle = None
+        self._deadline_at = None
+        now = self.clock()
+        for kind, cid in self.deadlines.pop_due(now):
+            session = self.sessions.get(cid)
+            if session is None:
+                continue
+            if kind == "will":
+                session.will_at = None
+                will = session.will
+                session.will = None
+                if will is not None and session.connection is None:
+                    self.publish_will(will)
+            else:
+                session.expires_at = None
+                if session.connection is None:
+                    log.debug("session %s expired", cid)
+                    self.end_session(session)
+        self._rearm()
 
     def end_session(self, session: Session) -> None:
         """Discard a session; a will still waiting for its delay is sent now [MQTT-3.1.3-9]."""
@@ -391,10 +435,8 @@ class Shard:
             del self.sessions[session.client_id]
             if self.fabric.distributed:
                 self.fabric.release(session.client_id, session.epoch)
-        for timer in (session.expiry_timer, session.will_timer):
-            if timer is not None:
-                timer.cancel()  # type: ignore[attr-defined]
-        session.expiry_timer = session.will_timer = None
+        self._clear_deadline("expiry", session)
+        self._clear_deadline("will", session)
         if session.will is not None and session.connection is None:
             will = session.will
             session.will = None
@@ -417,7 +459,7 @@ class Shard:
             will.qos,
             will.retain,
             fwd,
-            self.loop.time() + expiry if expiry is not None else None,
+            self.clock() + expiry if expiry is not None else None,
             None,
         )
         self.publish(msg)
@@ -707,10 +749,8 @@ class Shard:
             return
         if session.expiry_interval == 0:
             self.end_session(session)
-        elif session.expiry_interval != NEVER_EXPIRES and session.expiry_timer is None:
-            session.expiry_timer = self.loop.call_later(
-                session.expiry_interval, self._expire_session, session
-            )
+        elif session.expiry_interval != NEVER_EXPIRES and session.expires_at is None:
+            self._set_deadline("expiry", session, self.clock() + session.expiry_interval)
 
     def deliver_direct(
         self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None
@@ -762,7 +802,7 @@ class Shard:
         return state
 
     def session_state(self, session: Session) -> dict[str, Any]:
-        now = self.loop.time()
+        now = self.clock()
         return {
             "expiry": session.expiry_interval,
             "subs": [
@@ -794,7 +834,8 @@ class Shard:
         session.expiry_interval = state["expiry"]
         for f, qos, nl, rap, rh, ident in state["subs"]:
             self.subscribe(session, f, qos, nl, rap, rh, ident, want_retained=False)
-        now = self.loop.time()
+        now = self.clock()
+        loop_now = self.loop.time()
         for packed, q, r, ids in state["pending"]:
             session.pending.append((self.unpack_message(packed, now), q, r, ids))
         for pid, packed, q, r, ids, released in state["inflight"]:
@@ -809,7 +850,7 @@ class Shard:
             session.dedupe = MoveDedupe(
                 {int(shard): dict(marks) for shard, marks in handled.items()},
                 set(state.get("ids", ())),
-                now + 2 * self.MOVED_GRACE,
+                loop_now + 2 * self.MOVED_GRACE,
             )
         return session
 
@@ -861,7 +902,7 @@ class Shard:
     # -- retained API ----------------------------------------------------------------
 
     def retained_messages(self, topic_filter: str) -> list[Message]:
-        now = self.loop.time()
+        now = self.clock()
         out = []
         for topic, msg in self.retained.match(topic_filter):
             if msg.expiry_at is not None and msg.expiry_at <= now:
@@ -929,10 +970,9 @@ class Shard:
             self._sys_handle.cancel()
         if self._stall_handle is not None:
             self._stall_handle.cancel()
-        for session in self.sessions.values():
-            for timer in (session.expiry_timer, session.will_timer):
-                if timer is not None:
-                    timer.cancel()  # type: ignore[attr-defined]
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
 
 
 def _online(cid: str, sub: Subscription) -> bool:

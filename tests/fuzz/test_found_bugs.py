@@ -25,7 +25,7 @@ from shardmq.protocol.packets import (
     Subscribe,
     Subscription,
 )
-from shardmq.worker.session import Message
+from shardmq.protocol.session import Message
 from shardmq.worker.shard import remaining_expiry
 from tests.helpers import BrokerThread, Client, RawClient, expect
 

@@ -58,7 +58,7 @@ class Message:
         self.qos = qos
         self.retain = retain
         self.properties = properties
-        #: loop-clock deadline after which the message is never delivered
+        #: wall-clock (epoch seconds) deadline after which it is never delivered
         self.expiry_at = expiry_at
         #: client id of the publisher (for No Local), None for server messages
         self.origin = origin
@@ -145,8 +145,8 @@ class Session:
         "inbound_qos2",
         "next_packet_id",
         "will",
-        "will_timer",
-        "expiry_timer",
+        "will_at",
+        "expires_at",
         "dropped",
         "max_queued",
         "drop_oldest",
@@ -168,8 +168,10 @@ class Session:
         self.inbound_qos2: set[int] = set()
         self.next_packet_id = 1
         self.will: Will | None = None
-        self.will_timer: object | None = None
-        self.expiry_timer: object | None = None
+        #: wall-clock time the delayed will is due, while it waits
+        self.will_at: float | None = None
+        #: wall-clock time the session expires, while it is offline
+        self.expires_at: float | None = None
         self.dropped = 0
         self.max_queued = max_queued
         self.drop_oldest = drop_oldest
