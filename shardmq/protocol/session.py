@@ -21,6 +21,7 @@ released (exactly-once on the inbound side: a PUBLISH whose id is still in
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 from ..protocol.fanout import PublishTemplate
 from ..protocol.packets import Properties, Will
@@ -134,6 +135,33 @@ class Outbound:
 Delivery = tuple[Message, int, bool, list[int] | None]
 
 
+class SessionJournal(Protocol):
+    """Told of every change of a session's queue and flight state, in order
+    (a store keeps a durable copy from it; see ``storage/base.py``). The
+    ``Session`` methods below call it, so no change can bypass it."""
+
+    def queued(self, session: Session, delivery: Delivery) -> None:
+        """``delivery`` was appended to the session's queue."""
+
+    def unqueued(self, session: Session) -> None:
+        """The head of the queue left it (sent, expired or dropped)."""
+
+    def sent(self, session: Session, packet_id: int, out: Outbound) -> None:
+        """An outbound QoS 1/2 message is in flight under ``packet_id``."""
+
+    def released(self, session: Session, packet_id: int) -> None:
+        """QoS 2: PUBREC received, PUBREL sent."""
+
+    def acknowledged(self, session: Session, packet_id: int) -> None:
+        """The outbound flow of ``packet_id`` ended (PUBACK, PUBCOMP, dropped)."""
+
+    def inbound_added(self, session: Session, packet_id: int) -> None:
+        """An inbound QoS 2 PUBLISH was routed and PUBREC'd (not yet released)."""
+
+    def inbound_released(self, session: Session, packet_id: int) -> None:
+        """Its PUBREL arrived: the inbound flow ended."""
+
+
 class Session:
     __slots__ = (
         "client_id",
@@ -153,6 +181,7 @@ class Session:
         "queue_qos0",
         "epoch",
         "dedupe",
+        "journal",
     )
 
     def __init__(
@@ -181,6 +210,8 @@ class Session:
         #: for a while after moving here from another shard: what was already
         #: delivered elsewhere (see MoveDedupe)
         self.dedupe: MoveDedupe | None = None
+        #: set while the session is persistent and a store keeps it
+        self.journal: SessionJournal | None = None
 
     def allocate_packet_id(self) -> int:
         """The next free outbound packet id (1..65535)."""
@@ -198,14 +229,59 @@ class Session:
     def enqueue(self, delivery: Delivery) -> bool:
         """Queue a delivery; returns False (and counts it) when one was dropped."""
         pending = self.pending
+        journal = self.journal
         if len(pending) >= self.max_queued:
             self.dropped += 1
             if not self.drop_oldest or not pending:
                 return False
             pending.popleft()
             pending.append(delivery)
+            if journal is not None:
+                journal.unqueued(self)
+                journal.queued(self, delivery)
             return False
         pending.append(delivery)
+        if journal is not None:
+            journal.queued(self, delivery)
+        return True
+
+    def pop_pending(self) -> Delivery:
+        """Take the head of the queue (to send it, or because it expired)."""
+        delivery = self.pending.popleft()
+        if self.journal is not None:
+            self.journal.unqueued(self)
+        return delivery
+
+    def put_inflight(self, packet_id: int, out: Outbound) -> None:
+        self.inflight[packet_id] = out
+        if self.journal is not None:
+            self.journal.sent(self, packet_id, out)
+
+    def release(self, packet_id: int, out: Outbound) -> None:
+        """QoS 2 outbound: the PUBREC arrived; only PUBCOMP is awaited now."""
+        out.released = True
+        if self.journal is not None:
+            self.journal.released(self, packet_id)
+
+    def end_flight(self, packet_id: int) -> Outbound | None:
+        """The outbound flow of ``packet_id`` is over; returns what it carried."""
+        out = self.inflight.pop(packet_id, None)
+        if out is not None and self.journal is not None:
+            self.journal.acknowledged(self, packet_id)
+        return out
+
+    def add_inbound(self, packet_id: int) -> None:
+        self.inbound_qos2.add(packet_id)
+        if self.journal is not None:
+            self.journal.inbound_added(self, packet_id)
+
+    def release_inbound(self, packet_id: int) -> bool:
+        """The PUBREL of an inbound QoS 2 flow; False when the id was not known."""
+        if packet_id not in self.inbound_qos2:
+            return False
+        self.inbound_qos2.discard(packet_id)
+        if self.journal is not None:
+            self.journal.inbound_released(self, packet_id)
         return True
 
 

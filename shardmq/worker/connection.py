@@ -791,7 +791,7 @@ class Connection(asyncio.Protocol):
             # too large for this client: discarded as if delivered [MQTT-3.1.2-25]
             self.shard.stats.messages_dropped += 1
             return
-        session.inflight[pid] = Outbound(msg, qos, retain, ids)
+        session.put_inflight(pid, Outbound(msg, qos, retain, ids))
         self.shard.stats.messages_sent += 1
         self.write(data)
 
@@ -860,11 +860,11 @@ class Connection(asyncio.Protocol):
         msg = out.message
         expiry = remaining_expiry(msg, time.time())
         if expiry == -1:
-            del session.inflight[pid]  # expired while waiting: drop it
+            session.end_flight(pid)  # expired while waiting: drop it
             return False
         data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
         if data is None:
-            del session.inflight[pid]
+            session.end_flight(pid)
             return False
         self.shard.stats.messages_sent += 1
         self.write(data)
@@ -891,7 +891,7 @@ class Connection(asyncio.Protocol):
             msg, qos, retain, ids = pending[0]
             if qos and len(inflight) >= self.send_window:
                 return
-            pending.popleft()
+            session.pop_pending()
             expiry = remaining_expiry(msg, now)
             if expiry == -1:
                 continue
@@ -1017,7 +1017,7 @@ class Connection(asyncio.Protocol):
         else:
             if code < 0x80:
                 assert self.session is not None
-                self.session.inbound_qos2.add(packet.packet_id)  # type: ignore[arg-type]
+                self.session.add_inbound(packet.packet_id)  # type: ignore[arg-type]
             self.send(Pubrec(packet.packet_id, code, props_out))
 
     def _handle_puback(self, packet: Puback) -> Coroutine[Any, Any, None] | None:
@@ -1026,7 +1026,7 @@ class Connection(asyncio.Protocol):
         assert session is not None
         out = session.inflight.get(packet.packet_id)
         if out is not None and out.qos == 1:
-            del session.inflight[packet.packet_id]
+            session.end_flight(packet.packet_id)
             self._window_freed()
         hook = self.shard.hooks.on_puback
         if hook is not None:
@@ -1041,10 +1041,10 @@ class Connection(asyncio.Protocol):
         if out is not None and out.qos == 2:
             if packet.reason_code >= 0x80:
                 # the receiver refused it: the flow ends here
-                del session.inflight[packet.packet_id]
+                session.end_flight(packet.packet_id)
                 self._window_freed()
             else:
-                out.released = True
+                session.release(packet.packet_id, out)
                 self.send(Pubrel(packet.packet_id))
         elif packet.reason_code < 0x80:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
@@ -1079,8 +1079,7 @@ class Connection(asyncio.Protocol):
         session = self.session
         assert session is not None
         pid = packet.packet_id
-        if pid in session.inbound_qos2:
-            session.inbound_qos2.discard(pid)
+        if session.release_inbound(pid):
             if code is None:
                 code = ReasonCode.SUCCESS
         elif code is None:
@@ -1102,7 +1101,7 @@ class Connection(asyncio.Protocol):
         if out is not None and out.qos == 2 and out.released:
             # only a PUBCOMP answering our PUBREL ends the flow: until its PUBREC
             # the message stays unacknowledged [MQTT-4.3.3-3] (3.1.1 [MQTT-4.3.3-1])
-            del session.inflight[packet.packet_id]
+            session.end_flight(packet.packet_id)
             self._window_freed()
         hook = self.shard.hooks.on_pubcomp
         if hook is not None:
