@@ -25,6 +25,7 @@ import importlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from .protocol.constants import ReasonCode
 from .protocol.packets import Properties
 from .protocol.session import Message
 from .protocol.topics import is_valid_topic_filter, validate_topic_name
+from .storage.snapshot import SnapshotError, read_snapshot, worker_path, write_snapshot
 from .worker.connection import Connection
 from .worker.listeners import start_listeners, tls_contexts
 from .worker.shard import Shard
@@ -151,6 +153,13 @@ class Broker:
         #: set by the worker process of a multi-worker broker
         self.worker_id = 0
         self.fabric: Any = None
+        #: how many times the supervisor has started this worker (1: the first;
+        #: 0: no supervisor). A snapshot is only loaded by a broker's first
+        #: start, not by a worker restarted after a crash while the others
+        #: kept serving
+        self.generation = 0
+        self._snapshot_path: str | None = None
+        self._autosave: asyncio.TimerHandle | None = None
         for name in HOOK_NAMES:
             setattr(self, name, self._decorator(name))
 
@@ -191,6 +200,8 @@ class Broker:
         self._shard = shard
         self._stopped = asyncio.Event()
         cfg = self.config
+        if cfg.persistence_file:
+            self._open_snapshot(shard)
         if shard.fabric.distributed:
             # link up with the other workers before taking clients
             await shard.fabric.start()
@@ -245,6 +256,11 @@ class Broker:
         for conn in list(shard.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if self._snapshot_path is not None:
+            if self._autosave is not None:
+                self._autosave.cancel()
+                self._autosave = None
+            self._save_snapshot(shard)
         if self._server is not None:
             await self._server.wait_closed()
         for server in self.listener_servers:
@@ -256,6 +272,60 @@ class Broker:
         if self._stopped is not None:
             self._stopped.set()
         log.info("shardmq stopped")
+
+    # -- the memory store's snapshot (persistence_file) ---------------------------------
+
+    def _open_snapshot(self, shard: Shard) -> None:
+        cfg = self.config
+        assert cfg.persistence_file is not None
+        workers = shard.fabric.workers if shard.fabric.distributed else 1
+        path = worker_path(cfg.persistence_file, shard.shard_id, workers)
+        self._snapshot_path = path
+        if self.generation <= 1:
+            try:
+                state = read_snapshot(path)
+            except SnapshotError as exc:
+                self._shard = None
+                raise ConfigError("persistence_file", str(exc)) from None
+            if state is not None:
+                shard.restore(state)
+        else:
+            log.warning(
+                "worker restarted: its sessions since %s was written are not restored", path
+            )
+        if cfg.autosave_interval > 0:
+            self._autosave = shard.loop.call_later(cfg.autosave_interval, self._autosave_due)
+
+    def _autosave_due(self) -> None:
+        shard = self._shard
+        if shard is None:
+            return
+        self._save_snapshot(shard)
+        self._autosave = shard.loop.call_later(self.config.autosave_interval, self._autosave_due)
+
+    def _save_snapshot(self, shard: Shard) -> None:
+        path = self._snapshot_path
+        assert path is not None
+        started = time.monotonic()
+        try:
+            size = write_snapshot(
+                path,
+                list(shard.sessions.values()),
+                [msg for _topic, msg in shard.retained.items()],
+                shard.shard_id,
+                shard.clock(),
+            )
+        except OSError as exc:
+            log.error("snapshot %s not written: %s", path, exc.strerror or exc)
+            return
+        log.info(
+            "snapshot %s: %d sessions, %d retained, %d bytes in %.3f s",
+            path,
+            len(shard.sessions),
+            len(shard.retained),
+            size,
+            time.monotonic() - started,
+        )
 
     async def serve_forever(self) -> None:
         """Start, then run until SIGINT/SIGTERM, then stop gracefully.

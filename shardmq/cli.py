@@ -141,7 +141,18 @@ def main() -> None:
 @click.option(
     "--store",
     default=None,
-    help=_help("store", "Where sessions and retained messages live; only memory for now."),
+    help=_help("store", "Where sessions and retained messages live: memory (redis is planned)."),
+)
+@click.option(
+    "--persistence-file",
+    default=None,
+    help=_help("persistence_file", "memory store: snapshot file, loaded at start."),
+)
+@click.option(
+    "--autosave-interval",
+    type=float,
+    default=None,
+    help=_help("autosave_interval", "Seconds between snapshots; 0: only at shutdown."),
 )
 @click.option(
     "--allow-anonymous/--no-allow-anonymous",

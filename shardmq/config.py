@@ -137,7 +137,13 @@ class Config:
     sys_interval: float = 10.0
 
     # -- storage --------------------------------------------------------------
+    #: "memory" (optionally snapshotted to persistence_file).
     store: str = "memory"
+    #: memory store: snapshot file written at shutdown and every
+    #: autosave_interval seconds, loaded at start.
+    persistence_file: str | None = None
+    #: seconds between snapshots; 0: only at shutdown.
+    autosave_interval: float = 300.0
 
     # -- TLS, WebSocket and other listeners ------------------------------------
     #: Extra listeners besides host:port (see ``Listener``).
@@ -185,13 +191,20 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "max_session_expiry_interval": (0, 0xFFFFFFFF),
     "max_queued_messages": (0, None),
     "sys_interval": (0, None),
+    "autosave_interval": (0, None),
     "tls_port": (0, 65535),
     "ws_port": (0, 65535),
     "wss_port": (0, 65535),
 }
 
 #: Settings that must be strictly greater than zero.
-_POSITIVE = frozenset({"connect_timeout", "heartbeat_timeout", "shutdown_timeout"})
+_POSITIVE = frozenset(
+    {
+        "connect_timeout",
+        "heartbeat_timeout",
+        "shutdown_timeout",
+    }
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 

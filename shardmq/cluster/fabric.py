@@ -101,6 +101,9 @@ class Fabric:
     def release(self, client_id: str, epoch: int) -> None:
         pass
 
+    def restored(self, client_id: str, session: Any) -> None:
+        """A session restored from a store at start is owned by this shard."""
+
     # -- figures -----------------------------------------------------------------------
 
     def peer_stats(self) -> dict[int, dict[str, int]]:

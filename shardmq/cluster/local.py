@@ -556,6 +556,17 @@ class LocalFabric(Fabric):
         else:
             self._send(home, "ctl", [m.RELEASE, client_id, epoch])
 
+    def restored(self, client_id: str, session: Any) -> None:
+        """Own a session restored at start: the home shard learns of it (here,
+        or from OWNED when the link to it comes up)."""
+        epoch = int(time.time() * 1000)
+        session.epoch = epoch
+        self.epochs[client_id] = epoch
+        if self.home(client_id) == self.shard_id:
+            self.owners[client_id] = (self.shard_id, epoch)
+        else:
+            self._send(self.home(client_id), "ctl", [m.OWNED, [[client_id, epoch]]])
+
     def _release(self, client_id: str, epoch: int) -> None:
         owner = self.owners.get(client_id)
         if owner is not None and owner[1] == epoch:

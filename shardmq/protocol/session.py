@@ -131,6 +131,9 @@ class Outbound:
         self.released = False
 
 
+#: Session Expiry Interval meaning "never"; also what a 3.1.1 Clean Session 0 gets
+NEVER_EXPIRES = 0xFFFFFFFF
+
 #: A queued delivery: (message, qos, retain, subscription ids)
 Delivery = tuple[Message, int, bool, list[int] | None]
 

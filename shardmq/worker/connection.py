@@ -59,10 +59,10 @@ from ..protocol.packets import (
     Unsuback,
     Unsubscribe,
 )
-from ..protocol.session import Message, Outbound, Session
+from ..protocol.session import NEVER_EXPIRES, Message, Outbound, Session
 from ..protocol.topics import validate_topic_name
 from ..socketinfo import tcp_bytes_acked
-from .shard import NEVER_EXPIRES, Shard, remaining_expiry
+from .shard import Shard, remaining_expiry
 
 log = logging.getLogger("shardmq.connection")
 

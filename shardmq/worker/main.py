@@ -33,6 +33,7 @@ def run_worker(ctx: Any, config: Config) -> int:
     _name_worker_in_logs(ctx.worker_id)
     broker = Broker(config)
     broker.worker_id = ctx.worker_id
+    broker.generation = ctx.generation
     broker.fabric = LocalFabric(ctx.worker_id, ctx.workers, ctx.run_dir)
     try:
         if config.app:
@@ -44,7 +45,11 @@ def run_worker(ctx: Any, config: Config) -> int:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         listener_sockets = dict(enumerate(ctx.sockets[1:]))
-        await broker.start(sock=ctx.sockets[0], listener_sockets=listener_sockets)
+        try:
+            await broker.start(sock=ctx.sockets[0], listener_sockets=listener_sockets)
+        except ConfigError as exc:
+            log.error("worker %d: %s", ctx.worker_id, exc)
+            raise SystemExit(int(EXIT_CONFIG)) from None
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -39,12 +39,21 @@ from ..hooks import Hooks
 from ..protocol.codec import encode
 from ..protocol.constants import ReasonCode
 from ..protocol.packets import Connack, Connect, Properties, Will
-from ..protocol.session import Message, MoveDedupe, Outbound, Session, Subscription
+from ..protocol.session import (
+    NEVER_EXPIRES,
+    Message,
+    MoveDedupe,
+    Outbound,
+    Session,
+    Subscription,
+)
 from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared, topic_matches
 from ..routing.deadlines import DeadlineHeap
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
+from ..storage import codec
+from ..storage.base import StoredState
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -66,7 +75,6 @@ class Writer(Protocol):
 
 log = logging.getLogger("shardmq.shard")
 
-NEVER_EXPIRES = 0xFFFFFFFF
 #: messages kept while sessions are being acquired from other shards (a claim
 #: waits at most a few seconds; this bounds the memory it can pin)
 HELD_LIMIT = 100_000
@@ -802,57 +810,63 @@ class Shard:
         return state
 
     def session_state(self, session: Session) -> dict[str, Any]:
-        now = self.clock()
-        return {
-            "expiry": session.expiry_interval,
-            "subs": [
-                [f, s.qos, s.no_local, s.retain_as_published, s.retain_handling, s.identifier]
-                for f, s in session.subscriptions.items()
-            ],
-            "pending": [
-                [self.pack_message(msg, now), q, r, ids] for msg, q, r, ids in session.pending
-            ],
-            "inflight": [
-                [
-                    pid,
-                    self.pack_message(o.message, now),
-                    o.qos,
-                    o.retain,
-                    o.subscription_ids,
-                    o.released,
-                ]
-                for pid, o in session.inflight.items()
-            ],
-            "qos2": list(session.inbound_qos2),
-            "next_pid": session.next_packet_id,
-            "dropped": session.dropped,
-        }
+        """The session handed to another shard, in the store's serialisation."""
+        return codec.pack_session(session, self.shard_id)
 
     def install_session(self, client_id: str, state: dict[str, Any]) -> Session:
         """Recreate a session moved here from another shard."""
-        session = self.new_session(client_id)
-        session.expiry_interval = state["expiry"]
-        for f, qos, nl, rap, rh, ident in state["subs"]:
-            self.subscribe(session, f, qos, nl, rap, rh, ident, want_retained=False)
-        now = self.clock()
-        loop_now = self.loop.time()
-        for packed, q, r, ids in state["pending"]:
-            session.pending.append((self.unpack_message(packed, now), q, r, ids))
-        for pid, packed, q, r, ids, released in state["inflight"]:
-            out = Outbound(self.unpack_message(packed, now), q, r, ids)
-            out.released = released
-            session.inflight[pid] = out
-        session.inbound_qos2 = set(state["qos2"])
-        session.next_packet_id = state["next_pid"]
-        session.dropped = state["dropped"]
+        session = self.install_record(codec.unpack_session(state))
         handled = state.get("handled")
         if handled is not None:
             session.dedupe = MoveDedupe(
                 {int(shard): dict(marks) for shard, marks in handled.items()},
                 set(state.get("ids", ())),
-                loop_now + 2 * self.MOVED_GRACE,
+                self.loop.time() + 2 * self.MOVED_GRACE,
             )
         return session
+
+    def install_record(self, rec: codec.SessionRecord) -> Session:
+        """A session as a store or a shard handing it over wrote it, installed
+        here: subscriptions routed, queue and flight state restored, and its
+        deadlines (absolute times) in the heap (past ones fire at once)."""
+        session = self.new_session(rec.client_id)
+        session.expiry_interval = rec.expiry_interval
+        for f, qos, nl, rap, rh, ident in rec.subscriptions:
+            self.subscribe(session, f, qos, nl, rap, rh, ident, want_retained=False)
+        session.pending.extend(rec.pending)
+        for pid, (msg, qos, retain, ids), released in rec.inflight:
+            out = Outbound(msg, qos, retain, ids)
+            out.released = released
+            session.inflight[pid] = out
+        session.inbound_qos2 = set(rec.inbound_qos2)
+        session.next_packet_id = rec.next_packet_id
+        session.dropped = rec.dropped
+        session.will = rec.will
+        if rec.will is not None and rec.will_at is not None:
+            self._set_deadline("will", session, rec.will_at)
+        if rec.expires_at is not None:
+            self._set_deadline("expiry", session, rec.expires_at)
+        return session
+
+    def restore(self, state: StoredState) -> None:
+        """Install what a store saved, at start: sessions (due deadlines fire at
+        once: a session that expired while the broker was down ends, a will whose
+        delay passed is published) and retained messages (expired ones dropped)."""
+        now = self.clock()
+        for msg in state.retained:
+            if msg.expiry_at is None or msg.expiry_at > now:
+                self.retained.set(msg.topic, msg)
+        for rec in state.sessions:
+            if rec.client_id in self.sessions:
+                continue
+            session = self.install_record(rec)
+            if self.fabric.distributed:
+                self.fabric.restored(rec.client_id, session)
+        log.info(
+            "restored %d sessions and %d retained messages",
+            len(state.sessions),
+            len(self.retained),
+        )
 
     @staticmethod
     def pack_message(msg: Message, now: float) -> list[Any]:

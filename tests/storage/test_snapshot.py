@@ -1,0 +1,350 @@
+"""The memory store's snapshot: what a SIGTERM (or an autosave before kill -9)
+keeps, through a real `shardmq serve` restarted on the same port, with real
+clients. One worker and two."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardmq.protocol.codec import Decoder, encode
+from shardmq.protocol.packets import (
+    Connack,
+    Connect,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Subscription,
+    Will,
+)
+from tests.helpers import WAIT, Client, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Serve:
+    """`shardmq serve` as a subprocess that can be stopped and started again."""
+
+    def __init__(self, snapshot: Path, workers: int = 1, *extra: str) -> None:
+        self.port = free_port()
+        self.snapshot = snapshot
+        self.workers = workers
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+", prefix="shardmq-snapshot-", suffix=".log", delete=False
+        )
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "shardmq",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--sys-interval",
+            "0",
+            "--persistence-file",
+            str(self.snapshot),
+            *self.extra,
+        ]
+
+    def start(self) -> Serve:
+        self.proc = subprocess.Popen(
+            self.argv(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"broker did not start:\n{self.log_text()}") from None
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if sig == signal.SIGKILL:
+            _kill_tree(self.proc.pid)  # the whole broker: supervisor and workers
+        else:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(30)
+        self.proc = None
+        return code
+
+    def log_text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _kill_tree(self.proc.pid)
+            self.proc.wait(10)
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for proc in [*parent.children(recursive=True), parent]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    return tmp_path / "state.snapshot"
+
+
+@pytest.fixture
+def brokers() -> Iterator[list[Serve]]:
+    made: list[Serve] = []
+    yield made
+    for b in made:
+        b.close()
+
+
+class Raw:
+    def __init__(self, port: int, version: int = 5) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.version = version
+        self.decoder = Decoder(server=False, version=version)
+        self.pending: list[Any] = []
+
+    def send(self, packet: Any) -> None:
+        self.sock.sendall(encode(packet, self.version))
+
+    def recv(self) -> Any:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    def connect(self, cid: str, clean: bool = False, **kw: Any) -> Connack:
+        props = Properties(session_expiry_interval=300) if self.version == 5 else None
+        self.send(
+            Connect(cid, protocol_version=self.version, clean_start=clean, properties=props, **kw)
+        )
+        ack = self.recv()
+        assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+        return ack
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _persistent(port: int, cid: str, version: int) -> Client:
+    return Client(port, client_id=cid, version=version, clean_start=False, session_expiry=300)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sessions_queue_and_retained_survive_sigterm(
+    snapshot: Path, brokers: list[Serve], version: int, workers: int
+) -> None:
+    """A persistent session's subscriptions and its queued QoS 1/2 messages, and
+    the retained messages, are back after SIGTERM and a restart."""
+    b = Serve(snapshot, workers).start()
+    brokers.append(b)
+    sub = _persistent(b.port, "keeper", version)
+    sub.connect()
+    sub.subscribe("keep/#", qos=2)
+    sub.disconnect()
+    pub = Client(b.port, version=version)
+    pub.connect()
+    pub.publish("keep/a", b"queued 1", qos=1)
+    pub.publish("keep/b", b"queued 2", qos=2)
+    pub.publish("ret/t", b"retained \x00\xff", qos=1, retain=True)
+    pub.disconnect()
+    assert b.stop() == 0
+    assert snapshot.exists() or Path(f"{snapshot}.0").exists()
+
+    b.start()
+    again = _persistent(b.port, "keeper", version)
+    flags, _, _ = again.connect()
+    assert flags.session_present is True
+    got = sorted((m.topic, m.payload, m.qos) for m in (again.get(), again.get()))
+    assert got == [("keep/a", b"queued 1", 1), ("keep/b", b"queued 2", 2)]
+    late = Client(b.port, version=version)
+    late.connect()
+    late.subscribe("ret/#", qos=1)
+    msg = late.get()
+    assert (msg.topic, msg.payload, msg.retain) == ("ret/t", b"retained \x00\xff", True)
+    late.publish("keep/c", b"subscription kept", qos=1)
+    assert again.get().payload == b"subscription kept"
+    again.disconnect()
+    late.disconnect()
+
+
+def test_unacknowledged_and_inbound_qos2_survive_sigterm(
+    snapshot: Path, brokers: list[Serve], version: int
+) -> None:
+    """An outbound QoS 1 message sent but not acknowledged is resent with DUP
+    after the restart, and an inbound QoS 2 PUBLISH acknowledged with PUBREC
+    but not yet released is not routed a second time when resent."""
+    b = Serve(snapshot).start()
+    brokers.append(b)
+    sub = Raw(b.port, version)
+    sub.connect("s1")
+    sub.send(Subscribe(1, [Subscription("q/#", 2)]))
+    assert isinstance(sub.recv(), Suback)
+    pub = Raw(b.port, version)
+    pub.connect("p1")
+    pub.send(Publish("q/1", b"once", qos=2, packet_id=7))
+    assert isinstance(pub.recv(), Pubrec)  # no PUBREL yet
+    first = sub.recv()
+    assert isinstance(first, Publish) and first.payload == b"once"  # not acknowledged
+    sub.close()
+    pub.close()
+    assert b.stop() == 0
+
+    b.start()
+    sub = Raw(b.port, version)
+    assert sub.connect("s1").session_present is True
+    resent = sub.recv()
+    assert isinstance(resent, Publish)
+    assert (resent.packet_id, resent.payload, resent.dup) == (first.packet_id, b"once", True)
+    sub.send(Pubrec(resent.packet_id))
+    assert isinstance(sub.recv(), Pubrel)
+    sub.send(Pubcomp(resent.packet_id))
+    pub = Raw(b.port, version)
+    assert pub.connect("p1").session_present is True
+    pub.send(Publish("q/1", b"once", qos=2, packet_id=7, dup=True))
+    assert isinstance(pub.recv(), Pubrec)
+    pub.send(Pubrel(7))
+    assert isinstance(pub.recv(), Pubcomp)
+    # the resend was not routed again: the next message is the marker
+    pub.send(Publish("q/2", b"marker", qos=1, packet_id=8))
+    assert isinstance(pub.recv(), Puback)
+    nxt = sub.recv()
+    assert isinstance(nxt, Publish) and nxt.payload == b"marker"
+    sub.close()
+    pub.close()
+
+
+def test_expiry_and_will_delay_that_pass_while_down_are_honoured(
+    snapshot: Path, brokers: list[Serve]
+) -> None:
+    """Deadlines are absolute times: a session whose expiry (2 s) passes while the
+    broker is down is gone at start, and its will, whose delay (1 s) passed
+    too, is published then (to a persistent watcher, queued for it)."""
+    b = Serve(snapshot).start()
+    brokers.append(b)
+    watcher = _persistent(b.port, "watcher", 5)
+    watcher.connect()
+    watcher.subscribe("will/#", qos=1)
+    watcher.disconnect()
+    owner = Raw(b.port)
+    will = Will("will/t", b"gone while down", 1, properties=Properties(will_delay_interval=1))
+    owner.send(
+        Connect(
+            "short", clean_start=False, will=will, properties=Properties(session_expiry_interval=2)
+        )
+    )
+    assert isinstance(owner.recv(), Connack)
+    owner.send(Subscribe(1, [Subscription("short/t", 1)]))
+    assert isinstance(owner.recv(), Suback)
+    assert b.stop() == 0  # the connection is still open: SIGTERM ends it
+    time.sleep(2.5)  # both deadlines pass while the broker is down
+    b.start()
+    watcher = _persistent(b.port, "watcher", 5)
+    watcher.connect()
+    assert watcher.get().payload == b"gone while down"
+    back = Client(b.port, client_id="short", clean_start=False, session_expiry=60)
+    flags, _, _ = back.connect()
+    assert flags.session_present is False
+    back.disconnect()
+    watcher.disconnect()
+
+
+def test_autosave_survives_kill_9(snapshot: Path, brokers: list[Serve]) -> None:
+    """With autosave_interval, a snapshot is written while the broker runs: after
+    kill -9 of every broker process, what was saved is back."""
+    b = Serve(snapshot, 1, "--autosave-interval", "0.2").start()
+    brokers.append(b)
+    sub = _persistent(b.port, "ks", 5)
+    sub.connect()
+    sub.subscribe("k/#", qos=1)
+    sub.disconnect()
+    pub = Client(b.port)
+    pub.connect()
+    pub.publish("k/1", b"saved", qos=1)
+    pub.disconnect()
+    wait_for(lambda: "snapshot" in b.log_text() and "1 sessions" in b.log_text(), timeout=10)
+    # one more autosave after the message was queued
+    marker = b.log_text().count("snapshot ")
+    wait_for(lambda: b.log_text().count("snapshot ") > marker, timeout=10)
+    b.stop(signal.SIGKILL)
+    b.start()
+    again = _persistent(b.port, "ks", 5)
+    flags, _, _ = again.connect()
+    assert flags.session_present is True
+    assert again.get().payload == b"saved"
+    again.disconnect()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a snapshot", b"", None],
+    ids=["garbage", "empty", "truncated"],
+)
+def test_unusable_snapshot_stops_the_broker(
+    snapshot: Path, brokers: list[Serve], content: bytes | None
+) -> None:
+    """A corrupt or truncated snapshot stops `shardmq serve` with one line naming
+    the file: it never starts silently empty."""
+    if content is None:
+        b = Serve(snapshot).start()
+        brokers.append(b)
+        c = _persistent(b.port, "t", 5)
+        c.connect()
+        c.subscribe("t", 1)
+        c.disconnect()
+        assert b.stop() == 0
+        data = snapshot.read_bytes()
+        snapshot.write_bytes(data[: len(data) // 2])
+    else:
+        snapshot.write_bytes(content)
+    proc = subprocess.run(
+        Serve(snapshot).argv(), cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "persistence_file" in lines[0] and str(snapshot) in lines[0], lines[0]
