@@ -93,8 +93,12 @@ class RetainedAPI:
         msg = Message(topic, bytes(payload), qos, True, props, expiry_at, None)
         if payload:
             shard.retained.set(topic, msg)
+            if shard.store is not None:
+                shard.store.retained_set(msg)
         else:
             shard.retained.delete(topic)
+            if shard.store is not None:
+                shard.store.retained_deleted(topic)
 
     def get(self, topic: str) -> RetainedMessage | None:
         shard = self._shard()
@@ -108,7 +112,10 @@ class RetainedAPI:
         return self._view(msg, now)
 
     def delete(self, topic: str) -> bool:
-        return self._shard().retained.delete(topic)
+        shard = self._shard()
+        if shard.store is not None:
+            shard.store.retained_deleted(topic)
+        return shard.retained.delete(topic)
 
     def for_each(self, topic_filter: str = "#") -> Iterator[RetainedMessage]:
         """Every live retained message whose topic matches ``topic_filter``."""

@@ -56,6 +56,10 @@ class Store(SessionJournal, Protocol):
         is now: created, resumed, moved here, or its expiry, will or deadlines
         changed."""
 
+    def session_updated(self, session: Session) -> None:
+        """The session's header changed (expiry, will, deadlines, online or
+        not); subscriptions, queue and flight state are told as they change."""
+
     def session_deleted(self, client_id: str) -> None:
         """The session ended: everything kept for it goes."""
 
@@ -70,6 +74,9 @@ class Store(SessionJournal, Protocol):
 
     def retained_deleted(self, topic: str) -> None:
         pass
+
+    #: False while the store cannot be reached: sessions that need it are refused
+    available: bool
 
     def pending(self) -> bool:
         """True while written-but-not-yet-flushed events are buffered."""

@@ -111,6 +111,7 @@ class Connection(asyncio.Protocol):
         "_connect",
         "_unsent",
         "written",
+        "_acks",
     )
 
     def __init__(self, shard: Shard) -> None:
@@ -151,6 +152,8 @@ class Connection(asyncio.Protocol):
         self._unsent: deque[int] = deque()
         #: bytes handed to the transport (flow control measures progress by it)
         self.written = 0
+        #: acknowledgements waiting for the store to write what they acknowledge
+        self._acks: deque[tuple[asyncio.Future[None], Any]] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -659,6 +662,11 @@ class Connection(asyncio.Protocol):
         else:
             expiry = 0 if packet.clean_start else NEVER_EXPIRES
         server_expiry = min(expiry, cfg.max_session_expiry_interval)
+        store = shard.store
+        if server_expiry and store is not None and not store.available:
+            # a persistent session needs the store: refuse rather than hand out a
+            # session that would not survive (3.1.1: return code 3)
+            raise MQTTError(ReasonCode.SERVER_UNAVAILABLE, "store unavailable")
         ka = packet.keep_alive
         server_ka: int | None = None
         if v5:
@@ -941,7 +949,7 @@ class Connection(asyncio.Protocol):
         if qos == 2:
             if packet.packet_id in session.inbound_qos2:
                 # a resend of a message already routed: acknowledge only
-                self.send(Pubrec(packet.packet_id))
+                self._send_ack(Pubrec(packet.packet_id))
                 return None
             if len(session.inbound_qos2) >= cfg.receive_maximum:
                 raise ProtocolViolation(
@@ -1013,12 +1021,61 @@ class Connection(asyncio.Protocol):
         if code >= 0x80:
             code = sendable_code(PacketType.PUBACK, code)
         if qos == 1:
-            self.send(Puback(packet.packet_id, code, props_out))
+            self._send_ack(Puback(packet.packet_id, code, props_out))
         else:
             if code < 0x80:
                 assert self.session is not None
                 self.session.add_inbound(packet.packet_id)  # type: ignore[arg-type]
-            self.send(Pubrec(packet.packet_id, code, props_out))
+            self._send_ack(Pubrec(packet.packet_id, code, props_out))
+
+    def _send_ack(self, packet: Any) -> None:
+        """Send a PUBACK, PUBREC or PUBCOMP once the store holds what it
+        acknowledges (the deliveries to persistent sessions, the inbound QoS 2
+        state), in the order of the packets it answers [MQTT-4.6.0-2]. With no
+        store, or nothing unwritten, it goes at once."""
+        store = self.shard.store
+        acks = self._acks
+        if store is None or (not acks and not store.pending()):
+            self.send(packet)
+            return
+        written = store.flush() if store.pending() else acks[-1][0]  # type: ignore[index]
+        if acks is None:
+            acks = self._acks = deque()
+        acks.append((written, packet))  # type: ignore[arg-type]
+        if len(acks) == 1:
+            written.add_done_callback(self._acks_written)  # type: ignore[attr-defined]
+
+    def _acks_written(self, _fut: Any) -> None:
+        acks = self._acks
+        while acks and acks[0][0].done():
+            written, packet = acks.popleft()
+            if self.state == CLOSED:
+                continue
+            failed = written.cancelled() or written.exception() is not None
+            if not failed:
+                self.send(packet)
+            else:
+                self._store_refused(packet)
+        if acks:
+            acks[0][0].add_done_callback(self._acks_written)
+
+    def _store_refused(self, packet: Any) -> None:
+        """The store could not write in time: nothing is acknowledged as kept.
+        v5 gets 0x80 "store unavailable"; 3.1.1 has no way to say it and is
+        closed (the client resends after reconnecting)."""
+        if isinstance(packet, Pubcomp):
+            self.send(packet)  # the release is in memory; only its copy lagged
+            return
+        if self.version != MQTT5:
+            log.warning("client %s: store unavailable, closing (3.1.1)", self.client_id)
+            self.close()
+            return
+        if isinstance(packet, Pubrec) and self.session is not None:
+            self.session.release_inbound(packet.packet_id)  # the flow ends with 0x80
+        props = Properties(reason_string="store unavailable") if self.problem_info else None
+        packet.reason_code = ReasonCode.UNSPECIFIED_ERROR
+        packet.properties = props if props is not None else Properties()
+        self.send(packet)
 
     def _handle_puback(self, packet: Puback) -> Coroutine[Any, Any, None] | None:
         self._require_connected()
@@ -1091,7 +1148,7 @@ class Connection(asyncio.Protocol):
                 props = Properties(reason_string=reason)
         else:
             code = 0
-        self.send(Pubcomp(pid, code, props))
+        self._send_ack(Pubcomp(pid, code, props))
 
     def _handle_pubcomp(self, packet: Pubcomp) -> Coroutine[Any, Any, None] | None:
         self._require_connected()

@@ -53,7 +53,7 @@ from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
 from ..storage import codec
-from ..storage.base import StoredState
+from ..storage.base import Store, StoredState
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -165,6 +165,8 @@ class Shard:
         self._sys_handle: asyncio.TimerHandle | None = None
         #: session expiry and will delay, as wall-clock deadlines; one timer
         self.clock = time.time
+        #: the durable store (None: memory only); told of every state change
+        self.store: Store | None = None
         self.deadlines: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
@@ -331,7 +333,27 @@ class Shard:
         session.expiry_interval = expiry_interval
         session.connection = conn
         session.will = connect.will
+        self._persist(session, whole=not present)
         return session, present
+
+    def _persist(self, session: Session, whole: bool = False) -> None:
+        """Tell the store about ``session`` as it is now: the whole of it
+        (``whole``: created, installed here) or its header (expiry, will,
+        deadlines). A session that stopped being persistent is deleted."""
+        store = self.store
+        if store is None:
+            return
+        if session.expiry_interval:
+            if session.journal is None:
+                session.journal = store
+                whole = True
+            if whole:
+                store.session_saved(session)
+            else:
+                store.session_updated(session)
+        elif session.journal is not None:
+            session.journal = None
+            store.session_deleted(session.client_id)
 
     def _claimed_by_new_connection(self, session: Session) -> None:
         """A new connection for this client id was accepted: close the one it
@@ -379,8 +401,10 @@ class Shard:
         if session.expiry_interval == 0:
             # the session ends with the connection; a delayed will goes out now
             self.end_session(session)
-        elif session.expiry_interval != NEVER_EXPIRES:
+            return
+        if session.expiry_interval != NEVER_EXPIRES:
             self._set_deadline("expiry", session, self.clock() + session.expiry_interval)
+        self._persist(session)
 
     # -- deadlines: one heap per shard, absolute wall-clock times -------------------
 
@@ -430,6 +454,7 @@ class Shard:
                 session.will = None
                 if will is not None and session.connection is None:
                     self.publish_will(will)
+                self._persist(session)
             else:
                 session.expires_at = None
                 if session.connection is None:
@@ -437,8 +462,14 @@ class Shard:
                     self.end_session(session)
         self._rearm()
 
-    def end_session(self, session: Session) -> None:
-        """Discard a session; a will still waiting for its delay is sent now [MQTT-3.1.3-9]."""
+    def end_session(self, session: Session, forget: bool = True) -> None:
+        """Discard a session; a will still waiting for its delay is sent now
+        [MQTT-3.1.3-9]. ``forget=False``: it moved to another shard, whose
+        store writes replace ours, so nothing is deleted from the store."""
+        if session.journal is not None:
+            if forget and self.store is not None:
+                self.store.session_deleted(session.client_id)
+            session.journal = None
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             if self.fabric.distributed:
@@ -514,6 +545,8 @@ class Shard:
             self.trie.add(inner, session.client_id, sub)
         else:
             self.shared.add(group, inner, session.client_id, sub)
+        if session.journal is not None and self.store is not None:
+            self.store.subscription_added(session, topic_filter, sub)
         if not existed:
             self.fabric.subscription_added(topic_filter)
         retained: list[Message] = []
@@ -533,6 +566,8 @@ class Shard:
         if sub is None:
             return ReasonCode.NO_SUBSCRIPTION_EXISTED
         self._remove_subscription(session.client_id, topic_filter, sub)
+        if session.journal is not None and self.store is not None:
+            self.store.subscription_removed(session, topic_filter)
         return ReasonCode.SUCCESS
 
     def _remove_subscription(self, cid: str, full_filter: str, sub: Subscription) -> None:
@@ -547,11 +582,16 @@ class Shard:
     def publish(self, msg: Message) -> int:
         """Store a retained message and route ``msg``; returns the matching subscriptions."""
         if msg.retain:
+            store = self.store
             if msg.payload:
                 self.retained.set(msg.topic, msg)
+                if store is not None:
+                    store.retained_set(msg)
             else:
                 # [MQTT-3.3.1-6] an empty retained payload clears the topic
                 self.retained.delete(msg.topic)
+                if store is not None:
+                    store.retained_deleted(msg.topic)
             if self.fabric.distributed:
                 self.fabric.retained_changed(msg.topic, msg if msg.payload else None)
         return self.route(msg)
@@ -806,7 +846,7 @@ class Shard:
                 for sub in subs:
                     self.fabric.subscription_added(sub.topic_filter)
                 self.loop.call_later(self.MOVED_GRACE, self._moved_expired, client_id, deadline)
-        self.end_session(session)
+        self.end_session(session, forget=ended)
         return state
 
     def session_state(self, session: Session) -> dict[str, Any]:
@@ -825,7 +865,7 @@ class Shard:
             )
         return session
 
-    def install_record(self, rec: codec.SessionRecord) -> Session:
+    def install_record(self, rec: codec.SessionRecord, persist: bool = True) -> Session:
         """A session as a store or a shard handing it over wrote it, installed
         here: subscriptions routed, queue and flight state restored, and its
         deadlines (absolute times) in the heap (past ones fire at once)."""
@@ -846,9 +886,13 @@ class Shard:
             self._set_deadline("will", session, rec.will_at)
         if rec.expires_at is not None:
             self._set_deadline("expiry", session, rec.expires_at)
+        if persist:
+            self._persist(session, whole=True)
+        elif self.store is not None and session.expiry_interval:
+            session.journal = self.store  # loaded from the store: already there
         return session
 
-    def restore(self, state: StoredState) -> None:
+    def restore(self, state: StoredState, from_store: bool = False) -> None:
         """Install what a store saved, at start: sessions (due deadlines fire at
         once: a session that expired while the broker was down ends, a will whose
         delay passed is published) and retained messages (expired ones dropped)."""
@@ -856,10 +900,12 @@ class Shard:
         for msg in state.retained:
             if msg.expiry_at is None or msg.expiry_at > now:
                 self.retained.set(msg.topic, msg)
+                if self.store is not None and not from_store:
+                    self.store.retained_set(msg)
         for rec in state.sessions:
             if rec.client_id in self.sessions:
                 continue
-            session = self.install_record(rec)
+            session = self.install_record(rec, persist=not from_store)
             if self.fabric.distributed:
                 self.fabric.restored(rec.client_id, session)
         log.info(
@@ -921,6 +967,8 @@ class Shard:
         for topic, msg in self.retained.match(topic_filter):
             if msg.expiry_at is not None and msg.expiry_at <= now:
                 self.retained.delete(topic)
+                if self.store is not None:
+                    self.store.retained_deleted(topic)
                 continue
             out.append(msg)
         return out
