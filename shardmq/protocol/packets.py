@@ -12,6 +12,8 @@ are ``bytes`` and are never decoded as text.
 
 from __future__ import annotations
 
+import operator
+
 from .constants import MQTT5, PacketType, ReasonCode
 
 
@@ -144,12 +146,10 @@ class Properties:
 
     def items(self) -> list[tuple[str, object]]:
         """The set properties as (name, value) pairs, in slot order."""
-        out = []
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if value is not None:
-                out.append((name, value))
-        return out
+        values = _ALL_PROPERTIES(self)
+        if values.count(None) == _PROPERTY_COUNT:
+            return []
+        return [(n, v) for n, v in zip(self.__slots__, values, strict=True) if v is not None]
 
     def copy(self) -> Properties:
         new = Properties()
@@ -161,7 +161,8 @@ class Properties:
         return new
 
     def __bool__(self) -> bool:
-        return any(getattr(self, name) is not None for name in self.__slots__)
+        # every slot read at once in C: this is on the path of every message
+        return _ALL_PROPERTIES(self).count(None) != _PROPERTY_COUNT
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Properties):
@@ -171,6 +172,10 @@ class Properties:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.items())
         return f"Properties({inner})"
+
+
+_ALL_PROPERTIES = operator.attrgetter(*Properties.__slots__)
+_PROPERTY_COUNT = len(Properties.__slots__)
 
 
 class _Packet:
