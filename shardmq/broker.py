@@ -207,7 +207,9 @@ class Broker:
         self._shard = shard
         self._stopped = asyncio.Event()
         cfg = self.config
-        if cfg.persistence_file:
+        if cfg.store == "redis":
+            await self._open_store(shard)
+        elif cfg.persistence_file:
             self._open_snapshot(shard)
         if shard.fabric.distributed:
             # link up with the other workers before taking clients
@@ -268,6 +270,8 @@ class Broker:
                 self._autosave.cancel()
                 self._autosave = None
             self._save_snapshot(shard)
+        if shard.store is not None:
+            await shard.store.close()
         if self._server is not None:
             await self._server.wait_closed()
         for server in self.listener_servers:
@@ -279,6 +283,36 @@ class Broker:
         if self._stopped is not None:
             self._stopped.set()
         log.info("shardmq stopped")
+
+    # -- the redis store --------------------------------------------------------------
+
+    async def _open_store(self, shard: Shard) -> None:
+        # imported here: a broker without Redis does not load redis-py
+        from .storage.base import StoreUnavailable
+        from .storage.redis import RedisStore
+
+        cfg = self.config
+        store = RedisStore(
+            cfg.redis_url,
+            prefix=cfg.redis_prefix,
+            shard_id=shard.shard_id,
+            workers=shard.fabric.workers if shard.fabric.distributed else 1,
+            connect_timeout=cfg.redis_connect_timeout,
+            store_timeout=cfg.store_timeout,
+        )
+        try:
+            await store.open()
+            state = await store.load()
+        except StoreUnavailable as exc:
+            self._shard = None
+            await store.close()
+            raise ConfigError("redis_url", str(exc)) from None
+        shard.store = store
+        if shard.fabric.distributed:
+            # a QoS 1/2 message stored on another worker is acknowledged once it is
+            shard.fabric.store_sync = True
+            shard.fabric.sync_timeout = cfg.store_timeout
+        shard.restore(state, from_store=True)
 
     # -- the memory store's snapshot (persistence_file) ---------------------------------
 

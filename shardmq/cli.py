@@ -141,7 +141,29 @@ def main() -> None:
 @click.option(
     "--store",
     default=None,
-    help=_help("store", "Where sessions and retained messages live: memory (redis is planned)."),
+    help=_help("store", "Where sessions and retained messages live: memory or redis."),
+)
+@click.option(
+    "--redis-url",
+    default=None,
+    help=_help("redis_url", "redis store: redis://[user:password@]host:port/db."),
+)
+@click.option(
+    "--redis-prefix",
+    default=None,
+    help=_help("redis_prefix", "redis store: prefix of every key."),
+)
+@click.option(
+    "--redis-connect-timeout",
+    type=float,
+    default=None,
+    help=_help("redis_connect_timeout", "Seconds to keep trying Redis at start."),
+)
+@click.option(
+    "--store-timeout",
+    type=float,
+    default=None,
+    help=_help("store_timeout", "Seconds an acknowledgement waits for the store before 0x80."),
 )
 @click.option(
     "--persistence-file",

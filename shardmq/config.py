@@ -137,13 +137,22 @@ class Config:
     sys_interval: float = 10.0
 
     # -- storage --------------------------------------------------------------
-    #: "memory" (optionally snapshotted to persistence_file).
+    #: "memory" (optionally snapshotted to persistence_file) or "redis".
     store: str = "memory"
     #: memory store: snapshot file written at shutdown and every
     #: autosave_interval seconds, loaded at start.
     persistence_file: str | None = None
     #: seconds between snapshots; 0: only at shutdown.
     autosave_interval: float = 300.0
+    #: redis store: redis://[user:password@]host:port/db (rediss:// for TLS).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: redis store: the prefix of every key it writes.
+    redis_prefix: str = "shardmq"
+    #: redis store: seconds to keep retrying Redis at start before giving up.
+    redis_connect_timeout: float = 10.0
+    #: seconds a QoS 1/2 acknowledgement waits for the store before it is
+    #: answered with 0x80 "store unavailable".
+    store_timeout: float = 5.0
 
     # -- TLS, WebSocket and other listeners ------------------------------------
     #: Extra listeners besides host:port (see ``Listener``).
@@ -203,6 +212,8 @@ _POSITIVE = frozenset(
         "connect_timeout",
         "heartbeat_timeout",
         "shutdown_timeout",
+        "redis_connect_timeout",
+        "store_timeout",
     }
 )
 
@@ -213,12 +224,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
     "queue_drop_policy": ("oldest", "newest"),
     "v311_keep_alive": ("refuse", "accept"),
-    "store": ("memory",),
+    "store": ("memory", "redis"),
 }
 
 _NOTES: dict[str, str] = {
     "max_packet_size": f"{MAX_PACKET_SIZE_LIMIT} is the MQTT limit",
-    "store": "'redis' is planned",
 }
 
 _DESCRIPTIONS: dict[type, str] = {
@@ -298,6 +308,15 @@ def _check_value(name: str, value: object) -> object:
             allowed = ", ".join(repr(choice) for choice in choices)
             raise ConfigError(name, f"must be one of {allowed}, got {value!r}{note}")
         return value.lower()
+    if name == "redis_url" and isinstance(value, str):
+        scheme = value.partition("://")[0].lower()
+        if "://" not in value or scheme not in ("redis", "rediss", "unix"):
+            shown = value.split("@")[-1]  # never echo a password
+            raise ConfigError(
+                name, f"expected redis://host:port/db, rediss://... or unix://..., got {shown!r}"
+            )
+    if name == "redis_prefix" and isinstance(value, str) and not value:
+        raise ConfigError(name, "must not be empty")
     if name == "app" and isinstance(value, str):
         module, _, attr = value.partition(":")
         if not module or not attr:

@@ -136,11 +136,6 @@ def test_bad_toml_syntax(tmp_path: Path) -> None:
     assert str(path) in line
 
 
-def test_store_redis_is_refused_for_now() -> None:
-    line = assert_config_error(shardmq_cmd("serve", "--store", "redis"), "store")
-    assert "planned" in line
-
-
 def test_works_from_any_directory(tmp_path: Path) -> None:
     proc = shardmq_cmd("serve", "--workers", "0", cwd=tmp_path)
     assert_config_error(proc, "workers")

@@ -156,8 +156,12 @@ BAD_VALUES = [
     ("max_queued_messages", -1),
     ("queue_drop_policy", "random"),
     ("sys_interval", -1),
-    ("store", "redis"),
     ("store", "sqlite"),
+    ("redis_url", "localhost:6379"),
+    ("redis_url", "http://127.0.0.1:6379"),
+    ("redis_prefix", ""),
+    ("redis_connect_timeout", 0),
+    ("store_timeout", -1),
     ("log_level", "verbose"),
     ("max_outgoing_buffer", 0),
     ("app", "no_colon"),
@@ -201,9 +205,17 @@ def test_replace_is_validated_too() -> None:
         dataclasses.replace(Config(), workers=0)
 
 
-def test_store_error_mentions_redis_is_planned() -> None:
-    with pytest.raises(ConfigError, match="redis' is planned"):
-        Config(store="redis")
+def test_store_error_lists_the_stores() -> None:
+    with pytest.raises(ConfigError, match="'memory', 'redis'"):
+        Config(store="sqlite")
+    assert Config(store="REDIS").store == "redis"
+
+
+def test_bad_redis_url_error_does_not_echo_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(redis_url="http://user:hunter2@127.0.0.1:6379")
+    assert str(info.value).startswith("redis_url: ")
+    assert "hunter2" not in str(info.value)
 
 
 @pytest.mark.parametrize(

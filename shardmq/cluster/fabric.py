@@ -79,6 +79,12 @@ class Fabric:
         at the end of the loop iteration)."""
         return _done()
 
+    def stored(self) -> Awaitable[None] | None:
+        """Durable store: the future that completes once every worker that was
+        handed a QoS 1/2 message in this loop iteration has stored what it
+        delivered (None: no such message). One worker: always None."""
+        return None
+
     def flush_now(self) -> None:
         """Write queued control frames now instead of at the end of the iteration."""
 

@@ -40,6 +40,7 @@ from typing import Any
 import msgpack
 
 from ..socketinfo import unsent_bytes
+from ..storage.base import StoreUnavailable
 from . import messages as m
 from .fabric import Fabric
 from .interest import Interest
@@ -51,6 +52,8 @@ REQUEST_TIMEOUT = 2.0
 CLAIM_TIMEOUT = 10.0
 #: longest a granted claim holds the next one back (a claimant that vanished)
 CLAIM_HOLD = 5.0
+#: durable store: how long a claim waits for a restarting worker to rejoin
+RECOVER_WAIT = 10.0
 _NONE: frozenset[int] = frozenset()
 READY_TIMEOUT = 5.0
 _HIGH_WATER = 1024 * 1024
@@ -185,6 +188,16 @@ class LocalFabric(Fabric):
         self.retained_stamps: dict[str, float] = {}
         self.stats_by_peer: dict[int, dict[str, int]] = {}
         self._share_rr: dict[tuple[str, str], int] = {}
+        #: durable store (set by the broker): QoS 1/2 messages handed to other
+        #: workers are acknowledged once those workers have stored them
+        self.store_sync = False
+        self.sync_timeout = 5.0
+        #: this loop iteration's peers to SYNC and the future of their answers
+        self._sync_peers: set[int] = set()
+        self._sync_future: asyncio.Future[None] | None = None
+        #: token -> (peers still to answer, future)
+        self._syncing: dict[int, tuple[set[int], asyncio.Future[None]]] = {}
+        self._sync_token = 0
 
     def path(self, shard_id: int) -> str:
         return os.path.join(self.run_dir, f"shard-{shard_id}.sock")
@@ -291,6 +304,9 @@ class LocalFabric(Fabric):
                 if target == peer and not fut.done():
                     fut.set_result(None)
                     del self._pending[req]
+            for token, (_peers, sync) in list(self._syncs_of(peer)):
+                del self._syncing[token]
+                _fail(sync, f"worker {peer} went away")
 
     def _send(self, peer: int, kind: str, frame: list[Any]) -> bool:
         link = self.out.get(peer, {}).get(kind)
@@ -352,9 +368,12 @@ class LocalFabric(Fabric):
         message.dests = (*shards, self.shard_id)
         frame = [m.PUBLISH, self.shard.pack_message(message, time.time())]
         n = 0
+        sync = self.store_sync and message.qos
         for peer in shards:
             if self._send(peer, "data", frame):
                 n += 1
+                if sync:
+                    self._need_sync(peer)
         return n
 
     def shared_for(self, topic: str) -> dict[tuple[str, str], dict[int, int]]:
@@ -366,7 +385,9 @@ class LocalFabric(Fabric):
         self, shard_id: int, client_id: str, message: Any, qos: int, retain: bool, ids: Any
     ) -> None:
         packed = self.shard.pack_message(message, time.time())
-        self._send(shard_id, "data", [m.DELIVER, client_id, packed, qos, retain, ids])
+        sent = self._send(shard_id, "data", [m.DELIVER, client_id, packed, qos, retain, ids])
+        if sent and self.store_sync and qos:
+            self._need_sync(shard_id)
 
     def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
         frame = [
@@ -375,7 +396,89 @@ class LocalFabric(Fabric):
             group,
             topic_filter,
         ]
-        self._send(shard_id, "data", frame)
+        if self._send(shard_id, "data", frame) and self.store_sync and message.qos:
+            self._need_sync(shard_id)
+
+    # -- durable acknowledgements across workers ------------------------------------------
+    #
+    # A QoS 1/2 PUBLISH is acknowledged once it is stored for every persistent
+    # session it is bound for, and some of those live on other workers. Each
+    # loop iteration that hands such messages to other workers ends with one
+    # SYNC per peer, on the data link behind them; the peer answers SYNCED
+    # once its store has written the batch holding what they delivered
+    # (links are ordered, so that batch holds all of them). The
+    # acknowledgements of the iteration wait for ``stored()``; a peer that
+    # goes away, cannot store, or does not answer within ``sync_timeout``
+    # fails it, and they are answered as the store's own failures are.
+
+    def _syncs_of(self, peer: int) -> list[tuple[int, tuple[set[int], asyncio.Future[None]]]]:
+        return [(t, e) for t, e in self._syncing.items() if peer in e[0]]
+
+    def _need_sync(self, peer: int) -> None:
+        peers = self._sync_peers
+        if not peers:
+            self._sync_future = self.loop.create_future()
+            self.loop.call_soon(self._send_syncs)
+        peers.add(peer)
+
+    def stored(self) -> Awaitable[None] | None:
+        return self._sync_future if self._sync_peers else None
+
+    def _send_syncs(self) -> None:
+        peers = self._sync_peers
+        fut = self._sync_future
+        self._sync_peers = set()
+        self._sync_future = None
+        if fut is None:
+            return
+        self._sync_token += 1
+        token = self._sync_token
+        waiting = {p for p in peers if self._send(p, "data", [m.SYNC, token])}
+        if len(waiting) < len(peers):
+            _fail(fut, "a worker is unreachable")
+        if not waiting or fut.done():
+            if not fut.done():
+                fut.set_result(None)
+            return
+        self._syncing[token] = (waiting, fut)
+        self.loop.call_later(self.sync_timeout, self._sync_expired, token)
+
+    def _sync_expired(self, token: int) -> None:
+        entry = self._syncing.pop(token, None)
+        if entry is not None:
+            _fail(entry[1], "no answer from a worker's store")
+
+    def _synced(self, peer: int, token: int, ok: bool) -> None:
+        entry = self._syncing.get(token)
+        if entry is None:
+            return
+        peers, fut = entry
+        if not ok:
+            del self._syncing[token]
+            _fail(fut, "store unavailable")
+            return
+        peers.discard(peer)
+        if not peers:
+            del self._syncing[token]
+            if not fut.done():
+                fut.set_result(None)
+
+    def _answer_sync(self, peer: int, token: int) -> None:
+        store = self.shard.store
+        written = store.flush() if store is not None else None
+        if written is None or (written.done() and not written.cancelled()):  # type: ignore[attr-defined]
+            ok = written is None or written.exception() is None  # type: ignore[attr-defined]
+            self._send(peer, "ctl", [m.SYNCED, token, ok])
+            return
+
+        def answer(fut: asyncio.Future[None]) -> None:
+            ok = not fut.cancelled() and fut.exception() is None
+            self._send(peer, "ctl", [m.SYNCED, token, ok])
+            link = self.out.get(peer, {}).get("ctl")
+            if link is not None:
+                link.flush()
+
+        written.add_done_callback(answer)  # type: ignore[attr-defined]
 
     def subscription_added(self, full_filter: str) -> None:
         n = self.local_counts.get(full_filter, 0) + 1
@@ -450,6 +553,8 @@ class LocalFabric(Fabric):
         previous owner has settled (accepted its connection, or kept the session
         offline) before it is asked; the caller must report with ``claim_done``."""
         home = self.home(client_id)
+        if home != self.shard_id:
+            await self._until_back(home)
         if home == self.shard_id:
             fut: asyncio.Future[tuple[int, int | None]] = self.loop.create_future()
 
@@ -469,10 +574,27 @@ class LocalFabric(Fabric):
         self.epochs[client_id] = epoch
         state = None
         if previous is not None and previous != self.shard_id:
+            await self._until_back(previous)
             state = await self._request(
                 previous, [m.TAKE, 0, client_id, epoch, clean_start], CLAIM_TIMEOUT
             )
         return epoch, state
+
+    async def _until_back(self, peer: int) -> None:
+        """Durable store: a worker that is down (being restarted) gets its sessions
+        back from the store, so a claim that needs it waits for it to rejoin,
+        for up to RECOVER_WAIT, rather than handing out a fresh session that
+        the restarted worker's would then contend with."""
+        if not self.store_sync or self._reachable(peer):
+            return
+        deadline = self.loop.time() + RECOVER_WAIT
+        while not self._reachable(peer) and self.loop.time() < deadline and not self._closing:
+            await asyncio.sleep(0.02)
+
+    def _reachable(self, peer: int) -> bool:
+        """It talks to us and we to it (both control links up)."""
+        link = self.out.get(peer, {}).get("ctl")
+        return peer in self.alive and link is not None and not link.closed
 
     def claim_done(self, client_id: str, epoch: int) -> None:
         """The claim under ``epoch`` is settled: the home may grant the next one."""
@@ -614,6 +736,10 @@ class LocalFabric(Fabric):
                 self._apply_retained(topic, packed, stamp)
         elif kind == m.PING:
             self._send(peer, "ctl", [m.PONG, frame[1]])
+        elif kind == m.SYNC:
+            self._answer_sync(peer, frame[1])
+        elif kind == m.SYNCED:
+            self._synced(peer, frame[1], frame[2])
         elif kind == m.CLAIM:
             req = frame[1]
 
@@ -648,3 +774,9 @@ class LocalFabric(Fabric):
             self.stats_by_peer[frame[1]] = frame[2]
         else:
             log.warning("shard %d: unknown frame kind %r from %d", self.shard_id, kind, peer)
+
+
+def _fail(fut: asyncio.Future[None], why: str) -> None:
+    if not fut.done():
+        fut.set_exception(StoreUnavailable(why))
+        fut.exception()  # retrieved here: the waiters read it themselves

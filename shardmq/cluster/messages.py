@@ -40,6 +40,10 @@ STATS = 16  # [.., shard_id, {name: value}]
 DELIVER = 17  # [.., client_id, message, qos, retain, subscription ids]
 # the claimant of a client id reports to the home shard that its claim is settled
 DONE = 18  # [.., client_id, epoch]
+# durable store: after the QoS 1/2 messages of one loop iteration, on the data
+# link; answered once the peer's store holds what they delivered
+SYNC = 19  # [.., token]
+SYNCED = 20  # [.., token, stored (bool)]
 REPLY = frozenset({CLAIMED, SESSION, PONG})
 
 

@@ -62,6 +62,7 @@ from ..protocol.packets import (
 from ..protocol.session import NEVER_EXPIRES, Message, Outbound, Session
 from ..protocol.topics import validate_topic_name
 from ..socketinfo import tcp_bytes_acked
+from ..storage.base import StoreUnavailable
 from .shard import Shard, remaining_expiry
 
 log = logging.getLogger("shardmq.connection")
@@ -1033,12 +1034,24 @@ class Connection(asyncio.Protocol):
         acknowledges (the deliveries to persistent sessions, the inbound QoS 2
         state), in the order of the packets it answers [MQTT-4.6.0-2]. With no
         store, or nothing unwritten, it goes at once."""
-        store = self.shard.store
+        shard = self.shard
+        store = shard.store
         acks = self._acks
-        if store is None or (not acks and not store.pending()):
+        if store is None:
             self.send(packet)
             return
-        written = store.flush() if store.pending() else acks[-1][0]  # type: ignore[index]
+        # other workers this iteration handed QoS 1/2 messages to store them too
+        remote = shard.fabric.stored()
+        if not acks and not store.pending() and remote is None:
+            self.send(packet)
+            return
+        local = store.flush() if store.pending() else None
+        if local is None and remote is None:
+            written = acks[-1][0]  # type: ignore[index]
+        elif local is None or remote is None:
+            written = local if remote is None else remote
+        else:
+            written = _both(local, remote)
         if acks is None:
             acks = self._acks = deque()
         acks.append((written, packet))  # type: ignore[arg-type]
@@ -1063,8 +1076,10 @@ class Connection(asyncio.Protocol):
         """The store could not write in time: nothing is acknowledged as kept.
         v5 gets 0x80 "store unavailable"; 3.1.1 has no way to say it and is
         closed (the client resends after reconnecting)."""
-        if isinstance(packet, Pubcomp):
-            self.send(packet)  # the release is in memory; only its copy lagged
+        if isinstance(packet, Pubcomp | Unsuback):
+            # the release or unsubscription is in memory and serves; only its
+            # durable copy lags (it is written once the store is back)
+            self.send(packet)
             return
         if self.version != MQTT5:
             log.warning("client %s: store unavailable, closing (3.1.1)", self.client_id)
@@ -1241,6 +1256,7 @@ class Connection(asyncio.Protocol):
         else:
             codes = [c if c < 0x80 else sendable_code(PacketType.SUBACK, c) for c in codes]
         fabric = self.shard.fabric
+        store = self.shard.store
         if fabric.distributed:
             # SUBACK once every worker knows of the subscription; the deltas and
             # the barrier's PINGs leave now, not at the end of this iteration,
@@ -1248,15 +1264,33 @@ class Connection(asyncio.Protocol):
             applied = fabric.barrier()
             fabric.flush_now()
             return self._suback_after(applied, packet.packet_id, codes, retained)
+        if store is not None and store.pending():
+            return self._suback_after(None, packet.packet_id, codes, retained)
         self._suback(packet.packet_id, codes, retained)
         return None
 
     async def _suback_after(
-        self, applied: Awaitable[None], packet_id: int, codes: list[int], retained: list[Any]
+        self,
+        applied: Awaitable[None] | None,
+        packet_id: int,
+        codes: list[int],
+        retained: list[Any],
     ) -> None:
-        await applied
+        if applied is not None:
+            await applied
+        # and once the store holds the subscription (should it fail, the
+        # subscription serves from memory and is written once the store is back)
+        await self._stored()
         if self.state == CONNECTED:
             self._suback(packet_id, codes, retained)
+
+    async def _stored(self) -> None:
+        store = self.shard.store
+        if store is not None and store.pending():
+            try:
+                await store.flush()
+            except StoreUnavailable:
+                pass
 
     def _suback(self, packet_id: int, codes: list[int], retained: list[Any]) -> None:
         self.send(Suback(packet_id, codes))
@@ -1302,7 +1336,7 @@ class Connection(asyncio.Protocol):
                     continue
             codes.append(self.shard.unsubscribe(session, f))
         codes = [c if c < 0x80 else sendable_code(PacketType.UNSUBACK, c) for c in codes]
-        self.send(Unsuback(packet.packet_id, codes))
+        self._send_ack(Unsuback(packet.packet_id, codes))
         self.shard.fabric.flush_now()
 
     def _handle_pingreq(self, packet: Any) -> Coroutine[Any, Any, None] | None:
@@ -1396,3 +1430,25 @@ _HANDLERS: dict[int, Any] = {
     PacketType.UNSUBACK: Connection._handle_unexpected,
     PacketType.PINGRESP: Connection._handle_unexpected,
 }
+
+
+def _both(a: Any, b: Any) -> asyncio.Future[None]:
+    """A future done once ``a`` and ``b`` are; it fails if either fails."""
+    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = [2]
+
+    def one(fut: Any) -> None:
+        if out.done():
+            return
+        failed = fut.cancelled() or fut.exception() is not None
+        if failed:
+            out.set_exception(StoreUnavailable("store unavailable"))
+            out.exception()
+            return
+        left[0] -= 1
+        if left[0] == 0:
+            out.set_result(None)
+
+    a.add_done_callback(one)
+    b.add_done_callback(one)
+    return out

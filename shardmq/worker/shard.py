@@ -905,7 +905,20 @@ class Shard:
         for rec in state.sessions:
             if rec.client_id in self.sessions:
                 continue
-            session = self.install_record(rec, persist=not from_store)
+            # a session online when it was written (the broker died under it)
+            # is offline now: its expiry and will delay count from this start
+            fixed = False
+            if rec.expires_at is None and rec.expiry_interval not in (0, NEVER_EXPIRES):
+                rec.expires_at = now + rec.expiry_interval
+                fixed = True
+            if rec.will is not None and rec.will_at is None:
+                rec.will_at = now + (rec.will.properties.will_delay_interval or 0)
+                fixed = True
+            # a session of a shard that is no more (fewer workers now) is adopted
+            adopt = not from_store or rec.owner != self.shard_id
+            session = self.install_record(rec, persist=adopt)
+            if fixed and not adopt:
+                self._persist(session)
             if self.fabric.distributed:
                 self.fabric.restored(rec.client_id, session)
         log.info(

@@ -4,20 +4,14 @@ clients. One worker and two."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shardmq.protocol.codec import Decoder, encode
 from shardmq.protocol.packets import (
     Connack,
     Connect,
@@ -32,98 +26,8 @@ from shardmq.protocol.packets import (
     Subscription,
     Will,
 )
-from tests.helpers import WAIT, Client, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Serve:
-    """`shardmq serve` as a subprocess that can be stopped and started again."""
-
-    def __init__(self, snapshot: Path, workers: int = 1, *extra: str) -> None:
-        self.port = free_port()
-        self.snapshot = snapshot
-        self.workers = workers
-        self.extra = list(extra)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            "w+", prefix="shardmq-snapshot-", suffix=".log", delete=False
-        )
-
-    def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "shardmq",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-            "--sys-interval",
-            "0",
-            "--persistence-file",
-            str(self.snapshot),
-            *self.extra,
-        ]
-
-    def start(self) -> Serve:
-        self.proc = subprocess.Popen(
-            self.argv(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"broker did not start:\n{self.log_text()}") from None
-                time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if sig == signal.SIGKILL:
-            _kill_tree(self.proc.pid)  # the whole broker: supervisor and workers
-        else:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(30)
-        self.proc = None
-        return code
-
-    def log_text(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            _kill_tree(self.proc.pid)
-            self.proc.wait(10)
-        self.log.close()
-        os.unlink(self.log.name)
-
-
-def _kill_tree(pid: int) -> None:
-    import psutil
-
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    for proc in [*parent.children(recursive=True), parent]:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+from tests.helpers import Client, wait_for
+from tests.storage.serve import ROOT, Raw, Serve, persistent
 
 
 @pytest.fixture
@@ -139,41 +43,6 @@ def brokers() -> Iterator[list[Serve]]:
         b.close()
 
 
-class Raw:
-    def __init__(self, port: int, version: int = 5) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        self.version = version
-        self.decoder = Decoder(server=False, version=version)
-        self.pending: list[Any] = []
-
-    def send(self, packet: Any) -> None:
-        self.sock.sendall(encode(packet, self.version))
-
-    def recv(self) -> Any:
-        while not self.pending:
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.pending.extend(self.decoder.feed(data))
-        return self.pending.pop(0)
-
-    def connect(self, cid: str, clean: bool = False, **kw: Any) -> Connack:
-        props = Properties(session_expiry_interval=300) if self.version == 5 else None
-        self.send(
-            Connect(cid, protocol_version=self.version, clean_start=clean, properties=props, **kw)
-        )
-        ack = self.recv()
-        assert isinstance(ack, Connack) and ack.reason_code == 0, ack
-        return ack
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _persistent(port: int, cid: str, version: int) -> Client:
-    return Client(port, client_id=cid, version=version, clean_start=False, session_expiry=300)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sessions_queue_and_retained_survive_sigterm(
     snapshot: Path, brokers: list[Serve], version: int, workers: int
@@ -182,7 +51,7 @@ def test_sessions_queue_and_retained_survive_sigterm(
     the retained messages, are back after SIGTERM and a restart."""
     b = Serve(snapshot, workers).start()
     brokers.append(b)
-    sub = _persistent(b.port, "keeper", version)
+    sub = persistent(b.port, "keeper", version)
     sub.connect()
     sub.subscribe("keep/#", qos=2)
     sub.disconnect()
@@ -196,7 +65,7 @@ def test_sessions_queue_and_retained_survive_sigterm(
     assert snapshot.exists() or Path(f"{snapshot}.0").exists()
 
     b.start()
-    again = _persistent(b.port, "keeper", version)
+    again = persistent(b.port, "keeper", version)
     flags, _, _ = again.connect()
     assert flags.session_present is True
     got = sorted((m.topic, m.payload, m.qos) for m in (again.get(), again.get()))
@@ -266,7 +135,7 @@ def test_expiry_and_will_delay_that_pass_while_down_are_honoured(
     too, is published then (to a persistent watcher, queued for it)."""
     b = Serve(snapshot).start()
     brokers.append(b)
-    watcher = _persistent(b.port, "watcher", 5)
+    watcher = persistent(b.port, "watcher", 5)
     watcher.connect()
     watcher.subscribe("will/#", qos=1)
     watcher.disconnect()
@@ -283,7 +152,7 @@ def test_expiry_and_will_delay_that_pass_while_down_are_honoured(
     assert b.stop() == 0  # the connection is still open: SIGTERM ends it
     time.sleep(2.5)  # both deadlines pass while the broker is down
     b.start()
-    watcher = _persistent(b.port, "watcher", 5)
+    watcher = persistent(b.port, "watcher", 5)
     watcher.connect()
     assert watcher.get().payload == b"gone while down"
     back = Client(b.port, client_id="short", clean_start=False, session_expiry=60)
@@ -298,7 +167,7 @@ def test_autosave_survives_kill_9(snapshot: Path, brokers: list[Serve]) -> None:
     kill -9 of every broker process, what was saved is back."""
     b = Serve(snapshot, 1, "--autosave-interval", "0.2").start()
     brokers.append(b)
-    sub = _persistent(b.port, "ks", 5)
+    sub = persistent(b.port, "ks", 5)
     sub.connect()
     sub.subscribe("k/#", qos=1)
     sub.disconnect()
@@ -312,7 +181,7 @@ def test_autosave_survives_kill_9(snapshot: Path, brokers: list[Serve]) -> None:
     wait_for(lambda: b.log_text().count("snapshot ") > marker, timeout=10)
     b.stop(signal.SIGKILL)
     b.start()
-    again = _persistent(b.port, "ks", 5)
+    again = persistent(b.port, "ks", 5)
     flags, _, _ = again.connect()
     assert flags.session_present is True
     assert again.get().payload == b"saved"
@@ -332,7 +201,7 @@ def test_unusable_snapshot_stops_the_broker(
     if content is None:
         b = Serve(snapshot).start()
         brokers.append(b)
-        c = _persistent(b.port, "t", 5)
+        c = persistent(b.port, "t", 5)
         c.connect()
         c.subscribe("t", 1)
         c.disconnect()

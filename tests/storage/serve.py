@@ -1,0 +1,153 @@
+"""`shardmq serve` as a subprocess, raw MQTT clients: what the storage tests share."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from shardmq.protocol.codec import Decoder, encode
+from shardmq.protocol.packets import Connack, Connect, Properties
+from tests.helpers import WAIT, Client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Serve:
+    """`shardmq serve` as a subprocess that can be stopped and started again."""
+
+    def __init__(self, store: Path | list[str], workers: int = 1, *extra: str) -> None:
+        self.port = free_port()
+        #: a snapshot file (memory store) or the store's flags
+        self.store = ["--persistence-file", str(store)] if isinstance(store, Path) else store
+        self.workers = workers
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+", prefix="shardmq-snapshot-", suffix=".log", delete=False
+        )
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "shardmq",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--sys-interval",
+            "0",
+            *self.store,
+            *self.extra,
+        ]
+
+    def start(self) -> Serve:
+        self.proc = subprocess.Popen(
+            self.argv(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"broker did not start:\n{self.log_text()}") from None
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if sig == signal.SIGKILL:
+            kill_tree(self.proc.pid)  # the whole broker: supervisor and workers
+        else:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(30)
+        self.proc = None
+        return code
+
+    def log_text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            self.proc.wait(10)
+        self.log.close()
+        if os.environ.get("SHARDMQ_TEST_KEEP_LOGS"):
+            print(f"broker log kept: {self.log.name}")
+        else:
+            os.unlink(self.log.name)
+
+
+def kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [*parent.children(recursive=True), parent]
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    # every process gone, so no dying worker still holds a listening socket
+    # that the kernel could hand the next broker's connections to
+    psutil.wait_procs(procs, timeout=10)
+
+
+class Raw:
+    def __init__(self, port: int, version: int = 5) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.version = version
+        self.decoder = Decoder(server=False, version=version)
+        self.pending: list[Any] = []
+
+    def send(self, packet: Any) -> None:
+        self.sock.sendall(encode(packet, self.version))
+
+    def recv(self) -> Any:
+        while not self.pending:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    def connect(self, cid: str, clean: bool = False, **kw: Any) -> Connack:
+        props = Properties(session_expiry_interval=300) if self.version == 5 else None
+        self.send(
+            Connect(cid, protocol_version=self.version, clean_start=clean, properties=props, **kw)
+        )
+        ack = self.recv()
+        assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+        return ack
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def persistent(port: int, cid: str, version: int) -> Client:
+    return Client(port, client_id=cid, version=version, clean_start=False, session_expiry=300)
