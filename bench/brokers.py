@@ -197,8 +197,10 @@ def mosquitto_version() -> str:
 class Shardmq(Broker):
     name = "shardmq"
 
-    def __init__(self, workers: str = "1", **kwargs: object) -> None:
+    def __init__(self, workers: str = "1", extra: tuple[str, ...] = (), **kwargs: object) -> None:
         self.workers = workers
+        #: more `shardmq serve` flags (a store, limits)
+        self.extra = extra
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def command(self) -> list[str]:
@@ -214,7 +216,7 @@ class Shardmq(Broker):
             cmd += ["--sys-interval", "0"]
         if serve_accepts("--log-level"):
             cmd += ["--log-level", "warning"]
-        return cmd
+        return cmd + list(self.extra)
 
     def version(self) -> str:
         return shardmq_version()

@@ -113,6 +113,7 @@ class Options:
     window: int = 64
     batch: int = 32
     drain: float = 3.0
+    session_expiry: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -830,8 +831,15 @@ class Generator:
                     await loop.create_connection(lambda: client, opts.host, opts.port)
                 if isinstance(client, WsClient):
                     await client.upgraded
+                persistent = role == "s" and opts.session_expiry > 0
                 client.transport.write(
-                    wire.connect(self.client_id(role, index), opts.protocol, opts.keepalive)
+                    wire.connect(
+                        self.client_id(role, index),
+                        opts.protocol,
+                        opts.keepalive,
+                        clean=not persistent,
+                        expiry=opts.session_expiry if persistent else 0,
+                    )
                 )
                 code = await client.connack
         except (OSError, TimeoutError, ConnectionError) as exc:
@@ -1694,6 +1702,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(closed loop, so saturation measures throughput, not queue growth; 0 = open loop)",
     )
     ps.add_argument("--batch", type=int, default=32, help="messages per write when saturating")
+    ps.add_argument(
+        "--session-expiry",
+        type=int,
+        default=0,
+        help="subscribers keep persistent sessions (Clean Start 0, this expiry in s)",
+    )
     ps.add_argument("--drain", type=float, default=3.0, help="max seconds to drain at the end")
     return parser
 

@@ -71,11 +71,16 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + varint(len(body)) + body
 
 
-def connect(client_id: str, protocol: int, keepalive: int, clean: bool = True) -> bytes:
-    """A CONNECT packet; protocol is 5 (MQTT 5.0) or 4 (MQTT 3.1.1)."""
+def connect(
+    client_id: str, protocol: int, keepalive: int, clean: bool = True, expiry: int = 0
+) -> bytes:
+    """A CONNECT packet; protocol is 5 (MQTT 5.0) or 4 (MQTT 3.1.1). ``expiry``: the
+    Session Expiry Interval (MQTT 5.0; 3.1.1 keeps a Clean Session 0 session)."""
     flags = 0x02 if clean else 0x00
     head = utf8("MQTT") + bytes([protocol, flags]) + struct.pack(">H", keepalive)
     props = b"\x00" if protocol == 5 else b""
+    if protocol == 5 and expiry:
+        props = b"\x05\x11" + struct.pack(">I", expiry)
     return _packet(0x10, head + props + utf8(client_id))
 
 
