@@ -110,6 +110,18 @@ class Hooks:
 
     __slots__ = HOOK_NAMES
 
+    on_connect: Hook | None
+    on_disconnect: Hook | None
+    on_publish: Hook | None
+    on_puback: Hook | None
+    on_pubrec: Hook | None
+    on_pubrel: Hook | None
+    on_pubcomp: Hook | None
+    on_subscribe: Hook | None
+    on_unsubscribe: Hook | None
+    on_ping: Hook | None
+    on_auth: Hook | None
+
     def __init__(self) -> None:
         for name in HOOK_NAMES:
             setattr(self, name, None)

@@ -20,8 +20,66 @@ Consistency the fabric gives the shard (what the tests rely on):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Set as AbstractSet
+from typing import Any, Protocol
+
+from ..protocol.session import Message, Session, Subscription
+from ..routing.retained import RetainedStore
+from ..storage.base import Store
+
+#: a session as handed between shards (``storage.codec.pack_session`` and the
+#: move's dedupe marks): a msgpack body
+SessionState = dict[str, Any]
+
+
+class Writer(Protocol):
+    """Anything whose outgoing buffer takes part in flow control: a client
+    connection or a link to another shard."""
+
+    client_id: str
+
+    def buffer_size(self) -> int: ...
+
+    def delivered(self) -> int:
+        """A count that grows while the peer takes data off the socket (see
+        ``socketinfo``): bytes acknowledged, or bytes read by the peer."""
+        ...
+
+
+class FabricShard(Protocol):
+    """What a fabric needs of the shard it serves (``worker/shard.py``)."""
+
+    shard_id: int
+    store: Store | None
+    #: the last message number received from each origin shard
+    seen: dict[int, int]
+    #: sessions that left for another shard: (new owner, subscriptions, until)
+    moved: dict[str, tuple[int, list[Subscription], float]]
+    retained: RetainedStore[Message]
+
+    def route_local(self, msg: Message) -> int: ...
+
+    def forward_moved(self, msg: Message) -> None: ...
+
+    def deliver_direct(
+        self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None
+    ) -> None: ...
+
+    def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> None: ...
+
+    def surrender(
+        self, client_id: str, clean_start: bool, new_owner: int | None = None
+    ) -> SessionState | None: ...
+
+    def pack_message(self, msg: Message, now: float) -> list[Any]: ...
+
+    def unpack_message(self, data: list[Any], now: float) -> Message: ...
+
+    def writer_paused(self, conn: Writer) -> None: ...
+
+    def writer_resumed(self, conn: Writer) -> None: ...
 
 
 async def _done() -> None:
@@ -37,7 +95,7 @@ class Fabric:
     #: True while another shard holds a shared subscription
     remote_shared = False
 
-    def attach(self, shard: Any) -> None:
+    def attach(self, shard: FabricShard) -> None:
         self.shard = shard
 
     async def start(self) -> None:
@@ -48,7 +106,7 @@ class Fabric:
 
     # -- routing -------------------------------------------------------------------
 
-    def forward(self, message: Any) -> int:
+    def forward(self, message: Message) -> int:
         """Send ``message`` once to every other shard with matching subscribers."""
         return 0
 
@@ -56,16 +114,24 @@ class Fabric:
         """Members other shards hold in the shared groups matching ``topic``."""
         return {}
 
-    def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
+    def forward_shared(
+        self, shard_id: int, message: Message, group: str, topic_filter: str
+    ) -> None:
         pass
 
     def deliver_to(
-        self, shard_id: int, client_id: str, message: Any, qos: int, retain: bool, ids: Any
+        self,
+        shard_id: int,
+        client_id: str,
+        message: Message,
+        qos: int,
+        retain: bool,
+        ids: list[int] | None,
     ) -> None:
         """Hand one delivery to the session ``client_id`` now owned by ``shard_id``."""
 
     #: the shards the last :meth:`forward` sent to
-    last_dests: Any = frozenset()
+    last_dests: AbstractSet[int] = frozenset()
 
     def subscription_added(self, full_filter: str) -> None:
         pass
@@ -79,7 +145,7 @@ class Fabric:
         at the end of the loop iteration)."""
         return _done()
 
-    def stored(self) -> Awaitable[None] | None:
+    def stored(self) -> asyncio.Future[None] | None:
         """Durable store: the future that completes once every worker that was
         handed a QoS 1/2 message in this loop iteration has stored what it
         delivered (None: no such message). One worker: always None."""
@@ -90,12 +156,12 @@ class Fabric:
 
     # -- retained --------------------------------------------------------------------
 
-    def retained_changed(self, topic: str, message: Any) -> None:
+    def retained_changed(self, topic: str, message: Message | None) -> None:
         pass
 
     # -- sessions --------------------------------------------------------------------
 
-    async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, Any]:
+    async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, SessionState | None]:
         """Claim ``client_id`` for this shard; returns (epoch, session state moved
         from another shard or None)."""
         return 0, None
@@ -107,10 +173,16 @@ class Fabric:
     def release(self, client_id: str, epoch: int) -> None:
         pass
 
-    def restored(self, client_id: str, session: Any) -> None:
+    def restored(self, client_id: str, session: Session) -> None:
         """A session restored from a store at start is owned by this shard."""
 
     # -- figures -----------------------------------------------------------------------
 
     def peer_stats(self) -> dict[int, dict[str, int]]:
         return {}
+
+    def publish_stats(self, figures: dict[str, int]) -> None:
+        """Share this shard's $SYS figures with the others."""
+
+    #: client id -> newest epoch seen for a take-over (fencing)
+    fence: dict[str, int] = {}

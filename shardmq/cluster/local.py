@@ -39,10 +39,11 @@ from typing import Any
 
 import msgpack
 
+from ..protocol.session import Message, Session
 from ..socketinfo import unsent_bytes
 from ..storage.base import StoreUnavailable
 from . import messages as m
-from .fabric import Fabric
+from .fabric import Fabric, FabricShard, SessionState
 from .interest import Interest
 
 log = logging.getLogger("shardmq.fabric")
@@ -162,7 +163,7 @@ class LocalFabric(Fabric):
         self.shard_id = shard_id
         self.workers = workers
         self.run_dir = run_dir
-        self.shard: Any = None
+        self.shard: FabricShard
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.interest = Interest()
         self.local_counts: dict[str, int] = {}
@@ -356,7 +357,7 @@ class LocalFabric(Fabric):
 
     # -- routing -----------------------------------------------------------------------
 
-    def forward(self, message: Any) -> int:
+    def forward(self, message: Message) -> int:
         if not self.interest:
             self.last_dests = _NONE
             return 0
@@ -382,14 +383,22 @@ class LocalFabric(Fabric):
         return self.interest.shared_for(topic)
 
     def deliver_to(
-        self, shard_id: int, client_id: str, message: Any, qos: int, retain: bool, ids: Any
+        self,
+        shard_id: int,
+        client_id: str,
+        message: Message,
+        qos: int,
+        retain: bool,
+        ids: list[int] | None,
     ) -> None:
         packed = self.shard.pack_message(message, time.time())
         sent = self._send(shard_id, "data", [m.DELIVER, client_id, packed, qos, retain, ids])
         if sent and self.store_sync and qos:
             self._need_sync(shard_id)
 
-    def forward_shared(self, shard_id: int, message: Any, group: str, topic_filter: str) -> None:
+    def forward_shared(
+        self, shard_id: int, message: Message, group: str, topic_filter: str
+    ) -> None:
         frame = [
             m.PUBLISH_SHARED,
             self.shard.pack_message(message, time.time()),
@@ -421,7 +430,7 @@ class LocalFabric(Fabric):
             self.loop.call_soon(self._send_syncs)
         peers.add(peer)
 
-    def stored(self) -> Awaitable[None] | None:
+    def stored(self) -> asyncio.Future[None] | None:
         return self._sync_future if self._sync_peers else None
 
     def _send_syncs(self) -> None:
@@ -466,8 +475,8 @@ class LocalFabric(Fabric):
     def _answer_sync(self, peer: int, token: int) -> None:
         store = self.shard.store
         written = store.flush() if store is not None else None
-        if written is None or (written.done() and not written.cancelled()):  # type: ignore[attr-defined]
-            ok = written is None or written.exception() is None  # type: ignore[attr-defined]
+        if written is None or (written.done() and not written.cancelled()):
+            ok = written is None or written.exception() is None
             self._send(peer, "ctl", [m.SYNCED, token, ok])
             return
 
@@ -478,7 +487,7 @@ class LocalFabric(Fabric):
             if link is not None:
                 link.flush()
 
-        written.add_done_callback(answer)  # type: ignore[attr-defined]
+        written.add_done_callback(answer)
 
     def subscription_added(self, full_filter: str) -> None:
         n = self.local_counts.get(full_filter, 0) + 1
@@ -529,7 +538,7 @@ class LocalFabric(Fabric):
 
     # -- retained ------------------------------------------------------------------------
 
-    def retained_changed(self, topic: str, message: Any) -> None:
+    def retained_changed(self, topic: str, message: Message | None) -> None:
         stamp = time.time()
         self.retained_stamps[topic] = stamp
         packed = None if message is None else self.shard.pack_message(message, time.time())
@@ -547,7 +556,7 @@ class LocalFabric(Fabric):
 
     # -- sessions -------------------------------------------------------------------------
 
-    async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, Any]:
+    async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, SessionState | None]:
         """Claim ``client_id`` at its home shard, then take the session from the
         previous owner. The home grants one claim of an id at a time, so the
         previous owner has settled (accepted its connection, or kept the session
@@ -678,7 +687,7 @@ class LocalFabric(Fabric):
         else:
             self._send(home, "ctl", [m.RELEASE, client_id, epoch])
 
-    def restored(self, client_id: str, session: Any) -> None:
+    def restored(self, client_id: str, session: Session) -> None:
         """Own a session restored at start: the home shard learns of it (here,
         or from OWNED when the link to it comes up)."""
         epoch = int(time.time() * 1000)

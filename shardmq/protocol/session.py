@@ -138,6 +138,18 @@ NEVER_EXPIRES = 0xFFFFFFFF
 Delivery = tuple[Message, int, bool, list[int] | None]
 
 
+class Subscriber(Protocol):
+    """A session's live connection, as the shard sees it."""
+
+    client_id: str
+
+    def send_message(self, msg: Message, qos: int, retain: bool, ids: list[int] | None) -> None:
+        """Deliver one message now (or queue it in the session's window)."""
+
+    def take_over(self) -> None:
+        """Another connection claimed the client id: close with 0x8E."""
+
+
 class SessionJournal(Protocol):
     """Told of every change of a session's queue and flight state, in order
     (a store keeps a durable copy from it; see ``storage/base.py``). The
@@ -194,7 +206,7 @@ class Session:
         #: full filter (``$share/g/f`` included) -> Subscription
         self.subscriptions: dict[str, Subscription] = {}
         self.expiry_interval = 0
-        self.connection: object | None = None
+        self.connection: Subscriber | None = None
         self.inflight: dict[int, Outbound] = {}
         self.pending: deque[Delivery] = deque()
         self.inbound_qos2: set[int] = set()

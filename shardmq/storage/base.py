@@ -20,7 +20,7 @@ the retained messages. Only persistent sessions (session expiry above 0, or a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,5 +81,5 @@ class Store(SessionJournal, Protocol):
     def pending(self) -> bool:
         """True while written-but-not-yet-flushed events are buffered."""
 
-    def flush(self) -> Awaitable[None]:
+    def flush(self) -> asyncio.Future[None]:
         """Write what is buffered; completes once it is written."""

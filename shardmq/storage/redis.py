@@ -56,7 +56,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -528,7 +527,7 @@ class RedisStore:
     def pending(self) -> bool:
         return bool(self._buf)
 
-    def flush(self) -> Awaitable[None]:
+    def flush(self) -> asyncio.Future[None]:
         """The future of the batch that holds what is buffered now (written at
         the end of this loop iteration), or of the last batch when nothing is."""
         if self._buf:

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from ..errors import (
     DisconnectError,
@@ -159,10 +159,12 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a socket transport (uvloop's are not asyncio.Transport instances,
+        # though they implement it) or one of our layers (TLS, WebSocket, PROXY)
+        self.transport = cast(asyncio.Transport, transport)
         shard = self.shard
         high = min(_WRITE_HIGH_WATER, shard.config.max_outgoing_buffer // 4)
-        transport.set_write_buffer_limits(high=high)
+        self.transport.set_write_buffer_limits(high=high)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
         limit = shard.config.max_connections
@@ -507,7 +509,7 @@ class Connection(asyncio.Protocol):
         self.client_id = cid
         transport = self.transport
         tls = transport.get_extra_info("ssl_object") if transport is not None else None
-        if tls is not None and cfg.use_identity_as_username:
+        if tls is not None and transport is not None and cfg.use_identity_as_username:
             # the client certificate's CN replaces the CONNECT username (Mosquitto's rule)
             packet.username = transport.get_extra_info("certificate_common_name")
             if packet.username is None:
@@ -539,7 +541,7 @@ class Connection(asyncio.Protocol):
             self.shard.shard_id,
             self.shard.broker,
         )
-        if tls is not None:
+        if tls is not None and transport is not None:
             self.handle.certificate_subject = transport.get_extra_info("certificate_subject")
         if self.version == MQTT5 and props.authentication_method is not None:
             if hooks.on_auth is None:
@@ -599,7 +601,7 @@ class Connection(asyncio.Protocol):
                     fabric.flush_now()  # its interest, to every worker at once
                 else:
                     log.warning("client %s: a session arrived for a live one, kept the live", cid)
-            superseded = fabric.fence.get(cid, 0) > epoch  # type: ignore[attr-defined]
+            superseded = fabric.fence.get(cid, 0) > epoch
             if self.state == CLOSED or superseded:
                 # gone, or a newer connection claimed the id meanwhile: what we
                 # took waits here, offline, for whoever claims it next
@@ -766,6 +768,7 @@ class Connection(asyncio.Protocol):
                 self._cut_off_slow_consumer()
                 return
             tmpl = msg.template or msg.encoder()
+            data: bytes | None
             if self.version == MQTT311:
                 data = tmpl.encode_simple(MQTT311, retain)
             elif ids is None and expiry is None and not self.client_alias_max:
@@ -975,7 +978,7 @@ class Connection(asyncio.Protocol):
             self._ack_publish(packet, code, None)
 
     async def _publish_hooked(self, packet: Publish) -> None:
-        code = ReasonCode.SUCCESS
+        code: int = ReasonCode.SUCCESS
         reason = None
         if packet.topic.startswith("$SYS"):
             code, reason = ReasonCode.NOT_AUTHORIZED, "$SYS topics are read-only"
@@ -1021,13 +1024,15 @@ class Connection(asyncio.Protocol):
             props_out = Properties(reason_string=reason)
         if code >= 0x80:
             code = sendable_code(PacketType.PUBACK, code)
+        pid = packet.packet_id
+        assert pid is not None  # the decoder requires one at QoS 1/2
         if qos == 1:
-            self._send_ack(Puback(packet.packet_id, code, props_out))
+            self._send_ack(Puback(pid, code, props_out))
         else:
             if code < 0x80:
                 assert self.session is not None
-                self.session.add_inbound(packet.packet_id)  # type: ignore[arg-type]
-            self._send_ack(Pubrec(packet.packet_id, code, props_out))
+                self.session.add_inbound(pid)
+            self._send_ack(Pubrec(pid, code, props_out))
 
     def _send_ack(self, packet: Any) -> None:
         """Send a PUBACK, PUBREC or PUBCOMP once the store holds what it
@@ -1046,17 +1051,21 @@ class Connection(asyncio.Protocol):
             self.send(packet)
             return
         local = store.flush() if store.pending() else None
-        if local is None and remote is None:
-            written = acks[-1][0]  # type: ignore[index]
-        elif local is None or remote is None:
-            written = local if remote is None else remote
-        else:
+        written: asyncio.Future[None]
+        if local is not None and remote is not None:
             written = _both(local, remote)
+        elif local is not None:
+            written = local
+        elif remote is not None:
+            written = remote
+        else:
+            assert acks  # nothing new to wait for: wait behind the ones waiting
+            written = acks[-1][0]
         if acks is None:
             acks = self._acks = deque()
-        acks.append((written, packet))  # type: ignore[arg-type]
+        acks.append((written, packet))
         if len(acks) == 1:
-            written.add_done_callback(self._acks_written)  # type: ignore[attr-defined]
+            written.add_done_callback(self._acks_written)
 
     def _acks_written(self, _fut: Any) -> None:
         acks = self._acks
@@ -1324,7 +1333,7 @@ class Connection(asyncio.Protocol):
     def _unsubscribe(self, packet: Unsubscribe, verdicts: list[Any] | None) -> None:
         session = self.session
         assert session is not None
-        codes = []
+        codes: list[int] = []
         for i, f in enumerate(packet.topic_filters):
             if verdicts is not None and i < len(verdicts):
                 v = verdicts[i]

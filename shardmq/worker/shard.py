@@ -29,11 +29,11 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..cluster import messages as wire
-from ..cluster.fabric import Fabric
+from ..cluster.fabric import Fabric, Writer
 from ..config import Config
 from ..hooks import Hooks
 from ..protocol.codec import encode
@@ -57,20 +57,6 @@ from ..storage.base import Store, StoredState
 
 if TYPE_CHECKING:
     from .connection import Connection
-
-
-class Writer(Protocol):
-    """Anything whose outgoing buffer takes part in flow control: a client
-    connection or a link to another shard."""
-
-    client_id: str
-
-    def buffer_size(self) -> int: ...
-
-    def delivered(self) -> int:
-        """A count that grows while the peer takes data off the socket (see
-        ``socketinfo``): bytes acknowledged, or bytes read by the peer."""
-        ...
 
 
 log = logging.getLogger("shardmq.shard")
@@ -363,7 +349,7 @@ class Shard:
         [MQTT-3.1.3-9], whatever its Clean Start (as Mosquitto does)."""
         old = session.connection
         if old is not None:
-            old.take_over()  # type: ignore[attr-defined]
+            old.take_over()
             session.connection = None
             will = session.will
             if will is not None and not will.properties.will_delay_interval:
@@ -970,7 +956,7 @@ class Shard:
             if not session.enqueue((msg, qos, retain, ids)):
                 self.stats.messages_dropped += 1
             return
-        conn.send_message(msg, qos, retain, ids)  # type: ignore[attr-defined]
+        conn.send_message(msg, qos, retain, ids)
 
     # -- retained API ----------------------------------------------------------------
 
@@ -1019,7 +1005,7 @@ class Shard:
         if fabric.distributed:
             for name, value in own.items():
                 self._sys(f"workers/{self.shard_id}/{name}", value)
-            fabric.publish_stats(own)  # type: ignore[attr-defined]
+            fabric.publish_stats(own)
             if self.shard_id == 0:
                 peers = fabric.peer_stats()
                 for name, value in own.items():
@@ -1032,8 +1018,8 @@ class Shard:
             figures["uptime"] = f"{int(time.time() - self.started)} seconds"
             figures["clients/maximum"] = self.config.max_connections
             figures["retained messages/count"] = len(self.retained)
-            for name, value in figures.items():
-                self._sys(name, value)
+            for name, figure in figures.items():
+                self._sys(name, figure)
         self._sys_handle = self.loop.call_later(self.config.sys_interval, self.publish_sys)
 
     def _sys(self, name: str, value: object) -> None:
