@@ -151,3 +151,38 @@ class Raw:
 
 def persistent(port: int, cid: str, version: int) -> Client:
     return Client(port, client_id=cid, version=version, clean_start=False, session_expiry=300)
+
+
+def fill_session(port: int, version: int) -> None:
+    """A persistent session "keeper" subscribed to keep/#, two messages queued
+    for it while offline (QoS 1 and 2), and a retained message with binary
+    payload."""
+    sub = persistent(port, "keeper", version)
+    sub.connect()
+    sub.subscribe("keep/#", qos=2)
+    sub.disconnect()
+    pub = Client(port, version=version)
+    pub.connect()
+    pub.publish("keep/a", b"queued 1", qos=1)
+    pub.publish("keep/b", b"queued 2", qos=2)
+    pub.publish("ret/t", b"retained \x00\xff", qos=1, retain=True)
+    pub.disconnect()
+
+
+def check_session(port: int, version: int) -> None:
+    """What ``fill_session`` left is all there: session present, both queued
+    messages, the retained message, and the subscription still routes."""
+    again = persistent(port, "keeper", version)
+    flags, _, _ = again.connect()
+    assert flags.session_present is True
+    got = sorted((m.topic, m.payload, m.qos) for m in (again.get(), again.get()))
+    assert got == [("keep/a", b"queued 1", 1), ("keep/b", b"queued 2", 2)]
+    late = Client(port, version=version)
+    late.connect()
+    late.subscribe("ret/#", qos=1)
+    msg = late.get()
+    assert (msg.topic, msg.payload, msg.retain) == ("ret/t", b"retained \x00\xff", True)
+    late.publish("keep/c", b"subscription kept", qos=1)
+    assert again.get().payload == b"subscription kept"
+    again.disconnect()
+    late.disconnect()

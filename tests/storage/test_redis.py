@@ -31,7 +31,7 @@ from shardmq.protocol.packets import (
 )
 from tests.helpers import WAIT, Client, wait_for
 from tests.redis_server import RedisServer, redis_server_path
-from tests.storage.serve import ROOT, Raw, Serve, persistent
+from tests.storage.serve import ROOT, Raw, Serve, check_session, fill_session, persistent
 
 DEBUG = ["--log-level", "debug"] if os.environ.get("SHARDMQ_TEST_KEEP_LOGS") else []
 
@@ -43,14 +43,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def brokers() -> Iterator[list[Serve]]:
-    made: list[Serve] = []
-    yield made
-    for b in made:
-        b.close()
 
 
 def serve(redis_server: RedisServer, brokers: list[Serve], workers: int = 1, *extra: str) -> Serve:
@@ -67,33 +59,11 @@ def test_sessions_queue_and_retained_survive_kill_9(
     persistent session are back after kill -9 of every broker process: what was
     acknowledged was in Redis."""
     b = serve(redis_server, brokers, workers)
-    sub = persistent(b.port, "keeper", version)
-    sub.connect()
-    sub.subscribe("keep/#", qos=2)
-    sub.disconnect()
-    pub = Client(b.port, version=version)
-    pub.connect()
-    pub.publish("keep/a", b"queued 1", qos=1)
-    pub.publish("keep/b", b"queued 2", qos=2)
-    pub.publish("ret/t", b"retained \x00\xff", qos=1, retain=True)
-    pub.disconnect()
+    fill_session(b.port, version)
     b.stop(signal.SIGKILL)
 
     b.start()
-    again = persistent(b.port, "keeper", version)
-    flags, _, _ = again.connect()
-    assert flags.session_present is True
-    got = sorted((m.topic, m.payload, m.qos) for m in (again.get(), again.get()))
-    assert got == [("keep/a", b"queued 1", 1), ("keep/b", b"queued 2", 2)]
-    late = Client(b.port, version=version)
-    late.connect()
-    late.subscribe("ret/#", qos=1)
-    msg = late.get()
-    assert (msg.topic, msg.payload, msg.retain) == ("ret/t", b"retained \x00\xff", True)
-    late.publish("keep/c", b"subscription kept", qos=1)
-    assert again.get().payload == b"subscription kept"
-    again.disconnect()
-    late.disconnect()
+    check_session(b.port, version)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -334,7 +304,7 @@ def test_during_an_outage_stored_sessions_are_refused_and_others_work(
     b = serve(redis_server, brokers)
     redis_server.stop()
 
-    def refused() -> bool:
+    def persistent_connack() -> int:
         c = Raw(b.port, version)
         props = Properties(session_expiry_interval=60) if version == 5 else None
         c.send(
@@ -343,10 +313,10 @@ def test_during_an_outage_stored_sessions_are_refused_and_others_work(
         ack = c.recv()
         c.close()
         assert isinstance(ack, Connack)
-        # the decoder reads 3.1.1's return code 3 as 0x88
-        return ack.reason_code == 0x88
+        return int(ack.reason_code)
 
-    wait_for(refused, timeout=10)
+    # the decoder reads 3.1.1's return code 3 as 0x88
+    wait_for(lambda: persistent_connack() == 0x88, timeout=10)
     plain = Client(b.port, version=version)
     plain.connect()
     plain.subscribe("live/#", qos=1)
@@ -355,17 +325,7 @@ def test_during_an_outage_stored_sessions_are_refused_and_others_work(
     plain.disconnect()
     redis_server.start()
 
-    def accepted() -> bool:
-        c = Raw(b.port, version)
-        props = Properties(session_expiry_interval=60) if version == 5 else None
-        c.send(
-            Connect("needs-store", protocol_version=version, clean_start=False, properties=props)
-        )
-        ack = c.recv()
-        c.close()
-        return isinstance(ack, Connack) and ack.reason_code == 0
-
-    wait_for(accepted, timeout=15)
+    wait_for(lambda: persistent_connack() == 0, timeout=15)
 
 
 def test_retained_wildcard_subscribe_does_not_scan(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,20 +26,12 @@ from shardmq.protocol.packets import (
     Will,
 )
 from tests.helpers import Client, wait_for
-from tests.storage.serve import ROOT, Raw, Serve, persistent
+from tests.storage.serve import ROOT, Raw, Serve, check_session, fill_session, persistent
 
 
 @pytest.fixture
 def snapshot(tmp_path: Path) -> Path:
     return tmp_path / "state.snapshot"
-
-
-@pytest.fixture
-def brokers() -> Iterator[list[Serve]]:
-    made: list[Serve] = []
-    yield made
-    for b in made:
-        b.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -51,34 +42,12 @@ def test_sessions_queue_and_retained_survive_sigterm(
     the retained messages, are back after SIGTERM and a restart."""
     b = Serve(snapshot, workers).start()
     brokers.append(b)
-    sub = persistent(b.port, "keeper", version)
-    sub.connect()
-    sub.subscribe("keep/#", qos=2)
-    sub.disconnect()
-    pub = Client(b.port, version=version)
-    pub.connect()
-    pub.publish("keep/a", b"queued 1", qos=1)
-    pub.publish("keep/b", b"queued 2", qos=2)
-    pub.publish("ret/t", b"retained \x00\xff", qos=1, retain=True)
-    pub.disconnect()
+    fill_session(b.port, version)
     assert b.stop() == 0
     assert snapshot.exists() or Path(f"{snapshot}.0").exists()
 
     b.start()
-    again = persistent(b.port, "keeper", version)
-    flags, _, _ = again.connect()
-    assert flags.session_present is True
-    got = sorted((m.topic, m.payload, m.qos) for m in (again.get(), again.get()))
-    assert got == [("keep/a", b"queued 1", 1), ("keep/b", b"queued 2", 2)]
-    late = Client(b.port, version=version)
-    late.connect()
-    late.subscribe("ret/#", qos=1)
-    msg = late.get()
-    assert (msg.topic, msg.payload, msg.retain) == ("ret/t", b"retained \x00\xff", True)
-    late.publish("keep/c", b"subscription kept", qos=1)
-    assert again.get().payload == b"subscription kept"
-    again.disconnect()
-    late.disconnect()
+    check_session(b.port, version)
 
 
 def test_unacknowledged_and_inbound_qos2_survive_sigterm(
