@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..hooks import ClientHandle, Continue, Success
 from ..protocol.codec import Decoder, encode, sendable_code
+from ..protocol.connect import negotiate
 from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
 from ..protocol.packets import (
     Auth,
@@ -59,7 +60,7 @@ from ..protocol.packets import (
     Unsuback,
     Unsubscribe,
 )
-from ..protocol.session import NEVER_EXPIRES, Message, Outbound, Session
+from ..protocol.session import Message, Outbound, Session
 from ..protocol.topics import validate_topic_name
 from ..socketinfo import tcp_bytes_acked
 from ..storage.base import StoreUnavailable
@@ -660,38 +661,34 @@ class Connection(asyncio.Protocol):
         cfg = shard.config
         v5 = self.version == MQTT5
         props = packet.properties
-        if v5:
-            expiry = props.session_expiry_interval or 0
-        else:
-            expiry = 0 if packet.clean_start else NEVER_EXPIRES
-        server_expiry = min(expiry, cfg.max_session_expiry_interval)
+        # _handle_connect has already refused a 3.1.1 keep alive over
+        # max_keep_alive unless v311_keep_alive is "accept"
+        terms = negotiate(
+            self.version,
+            packet.clean_start,
+            props.session_expiry_interval,
+            packet.keep_alive,
+            max_session_expiry_interval=cfg.max_session_expiry_interval,
+            server_keep_alive=cfg.server_keep_alive,
+            max_keep_alive=cfg.max_keep_alive,
+        )
+        server_expiry = terms.session_expiry
         store = shard.store
         if server_expiry and store is not None and not store.available:
             # a persistent session needs the store: refuse rather than hand out a
             # session that would not survive (3.1.1: return code 3)
             raise MQTTError(ReasonCode.SERVER_UNAVAILABLE, "store unavailable")
-        ka = packet.keep_alive
-        server_ka: int | None = None
-        if v5:
-            if cfg.server_keep_alive is not None:
-                server_ka = cfg.server_keep_alive
-            elif ka > cfg.max_keep_alive or (ka == 0 and cfg.max_keep_alive < 65535):
-                server_ka = cfg.max_keep_alive
-            if server_ka is not None:
-                ka = server_ka
-        # A 3.1.1 client cannot be told another keep alive, so its own is the
-        # one enforced (3.1.1 [MQTT-3.1.2-24]); _handle_connect has already
-        # refused one over max_keep_alive unless v311_keep_alive is "accept".
+        server_ka = terms.server_keep_alive
         ack_props: Properties | None = None
         if v5 and (
-            server_expiry != expiry
+            terms.expiry_changed
             or not packet.client_id
             or server_ka is not None
             or (props.request_response_information and cfg.response_information)
             or self.auth_method is not None
         ):
             ack_props = shard.connack_properties()
-            if server_expiry != expiry:
+            if terms.expiry_changed:
                 ack_props.session_expiry_interval = server_expiry
             if not packet.client_id:
                 # only when the client sent an empty one [MQTT-3.2.2-16]
@@ -729,11 +726,11 @@ class Connection(asyncio.Protocol):
             else:
                 connack = shard.connack_bytes(self.version, True)
         # keep alive 0 means no timeout [MQTT-3.1.2-21]; otherwise 1.5 times it
-        self.keep_alive = ka * 1.5
+        self.keep_alive = terms.keep_alive_deadline
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if ka:
+        if terms.keep_alive:
             self._timer = self.loop.call_later(self.keep_alive, self._on_timer)
         self.decoder.max_packet_size = cfg.max_packet_size
         self.write(connack)
