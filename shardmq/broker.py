@@ -299,6 +299,7 @@ class Broker:
             workers=shard.fabric.workers if shard.fabric.distributed else 1,
             connect_timeout=cfg.redis_connect_timeout,
             store_timeout=cfg.store_timeout,
+            backlog_limit=cfg.redis_backlog_limit,
         )
         try:
             await store.open()
@@ -308,6 +309,7 @@ class Broker:
             await store.close()
             raise ConfigError("redis_url", str(exc)) from None
         shard.store = store
+        store.resync = shard.resync_store
         if shard.fabric.distributed:
             # a QoS 1/2 message stored on another worker is acknowledged once it is
             shard.fabric.store_sync = True

@@ -160,6 +160,12 @@ def main() -> None:
     help=_help("redis_connect_timeout", "Seconds to keep trying Redis at start."),
 )
 @click.option(
+    "--redis-backlog-limit",
+    type=int,
+    default=None,
+    help=_help("redis_backlog_limit", "Bytes of changes kept while Redis is down."),
+)
+@click.option(
     "--store-timeout",
     type=float,
     default=None,

@@ -153,6 +153,9 @@ class Config:
     #: seconds a QoS 1/2 acknowledgement waits for the store before it is
     #: answered with 0x80 "store unavailable".
     store_timeout: float = 5.0
+    #: redis store: bytes of changes kept while Redis is unreachable; beyond,
+    #: they are dropped and everything is rewritten once Redis is back.
+    redis_backlog_limit: int = 256 * 1024 * 1024
 
     # -- TLS, WebSocket and other listeners ------------------------------------
     #: Extra listeners besides host:port (see ``Listener``).
@@ -201,6 +204,7 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "max_queued_messages": (0, None),
     "sys_interval": (0, None),
     "autosave_interval": (0, None),
+    "redis_backlog_limit": (1024, None),
     "tls_port": (0, 65535),
     "ws_port": (0, 65535),
     "wss_port": (0, 65535),

@@ -56,6 +56,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -147,6 +148,7 @@ class RedisStore:
         workers: int = 1,
         connect_timeout: float = 10.0,
         store_timeout: float = 5.0,
+        backlog_limit: int = 256 * 1024 * 1024,
     ) -> None:
         self.url = url
         self.shown_url = mask_url(url)
@@ -181,6 +183,13 @@ class RedisStore:
         #: a message packed once per batch, however many sessions it goes to
         self._packed: dict[int, tuple[Message, bytes]] = {}
         self.outage_started: float | None = None
+        #: bytes of unwritten batches kept while Redis is unreachable; past
+        #: ``backlog_limit`` they are dropped and, once Redis is back, the shard
+        #: rewrites everything through ``resync`` instead of replaying them
+        self.backlog_limit = backlog_limit
+        self._backlog = 0
+        self._resync_needed = False
+        self.resync: Callable[[], int] | None = None
 
     # -- keys ------------------------------------------------------------------------
 
@@ -548,11 +557,18 @@ class RedisStore:
         assert loop is not None
         fut = self._buf_future or loop.create_future()
         self._buf_future = None
-        self._batches.append(_Batch(self._buf, self._buf_args, fut, loop.time()))
+        if self._resync_needed:
+            # everything is rewritten once Redis is back: nothing to keep
+            _fail(fut, "store unavailable")
+        else:
+            self._batches.append(_Batch(self._buf, self._buf_args, fut, loop.time()))
+            self._backlog += len(self._buf)
         self._buf = bytearray()
         self._buf_args = 0
         self._packed.clear()
         self._last = fut
+        if self._backlog > self.backlog_limit and not self.available:
+            self._drop_backlog()
         if self._wake is not None:
             self._wake.set()
         if self._timeouts is None:
@@ -615,6 +631,7 @@ class RedisStore:
             self._recovered()
             for batch in batches:
                 self._batches.popleft()
+                self._backlog -= len(batch.data)
                 if not batch.future.done():
                     batch.future.set_result(None)
 
@@ -648,7 +665,39 @@ class RedisStore:
                 "store: Redis at %s unavailable: %s", self.shown_url, exc or type(exc).__name__
             )
 
+    def _drop_backlog(self) -> None:
+        """The backlog passed its limit: drop it, stop keeping changes, and
+        rewrite everything when Redis is back (``_resync``)."""
+        log.error(
+            "store: %d bytes unwritten while Redis at %s is unavailable (limit %d): "
+            "dropped; every session and retained message is rewritten once it is back",
+            self._backlog,
+            self.shown_url,
+            self.backlog_limit,
+        )
+        for batch in self._batches:
+            _fail(batch.future, "store unavailable")
+        self._batches.clear()
+        self._backlog = 0
+        self._resync_needed = True
+
+    def _resync(self) -> None:
+        """Redis is back after the backlog was dropped: this shard's index and the
+        retained hash are rebuilt from what the shard holds now (sessions that
+        ended meanwhile are no longer listed, so never loaded again)."""
+        if not self._resync_needed:
+            return
+        self._resync_needed = False
+        self._queued.clear()
+        self._released.clear()
+        self._add(DEL, self._index(self.shard_id))
+        self._add(DEL, self._retained_key)
+        count = self.resync() if self.resync is not None else 0
+        log.warning("store: rewrote %d sessions and the retained messages to Redis", count)
+
     def _recovered(self) -> None:
+        if self._resync_needed and self._loop is not None:
+            self._loop.call_soon(self._resync)
         if not self.available:
             self.available = True
             took = 0.0 if self.outage_started is None else time.monotonic() - self.outage_started
@@ -716,6 +765,12 @@ def _text(value: bytes | str) -> str:
 
 def _raw(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+def _fail(fut: asyncio.Future[None], why: str) -> None:
+    if not fut.done():
+        fut.set_exception(StoreUnavailable(why))
+        fut.exception()  # retrieved here: waiters read it themselves
 
 
 def _done(loop: asyncio.AbstractEventLoop | None) -> asyncio.Future[None]:

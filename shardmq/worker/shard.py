@@ -878,6 +878,22 @@ class Shard:
             session.journal = self.store  # loaded from the store: already there
         return session
 
+    def resync_store(self) -> int:
+        """Tell the store everything it should hold, as it is now: every
+        persistent session whole and every retained message (after a store
+        dropped what it could not write). Returns the sessions told."""
+        store = self.store
+        if store is None:
+            return 0
+        count = 0
+        for session in self.sessions.values():
+            if session.journal is not None:
+                store.session_saved(session)
+                count += 1
+        for _topic, msg in self.retained.items():
+            store.retained_set(msg)
+        return count
+
     def restore(self, state: StoredState, from_store: bool = False) -> None:
         """Install what a store saved, at start: sessions (due deadlines fire at
         once: a session that expired while the broker was down ends, a will whose

@@ -395,3 +395,53 @@ def test_unreachable_redis_stops_serve_with_one_line_naming_the_url(
     assert len(lines) == 1, proc.stderr
     assert "redis_url" in lines[0] and f"127.0.0.1:{port}" in lines[0], lines[0]
     assert "hunter2" not in proc.stderr
+
+
+def test_outage_past_the_backlog_limit_rewrites_everything(
+    redis_server: RedisServer, brokers: list[Serve]
+) -> None:
+    """Redis down for longer than redis_backlog_limit holds: the backlog is
+    dropped and, once Redis is back, the broker rewrites every session from
+    memory: what was queued meanwhile survives a kill -9 after that, and a
+    session that ended during the outage does not come back."""
+    b = serve(redis_server, brokers, 1, "--store-timeout", "0.5", "--redis-backlog-limit", "65536")
+    kept = persistent(b.port, "kept", 5)
+    kept.connect()
+    kept.subscribe("bulk/#", qos=1)
+    kept.disconnect()
+    gone = persistent(b.port, "gone", 5)
+    gone.connect()
+    gone.disconnect()
+    r = redis_server.client()
+    wait_for(lambda: r.exists("shardmq:s:{kept}:sub", "shardmq:s:{gone}:h") == 2)
+    redis_server.stop()
+
+    pub = Raw(b.port)
+    pub.connect("bulk-pub", clean=True)
+    payloads = [b"%04d" % n + bytes(200) for n in range(800)]  # ~200 KiB of changes
+    for n, payload in enumerate(payloads):
+        pub.send(Publish("bulk/t", payload, qos=1, packet_id=n + 1))
+    codes = [pub.recv().reason_code for _ in payloads]
+    assert set(codes) <= {0, 0x80} and 0x80 in codes  # nothing stored is claimed
+    pub.close()
+    ended = Client(b.port, client_id="gone", clean_start=True, session_expiry=0)
+    ended.connect()  # ends the stored session while Redis is down
+    ended.disconnect()
+    wait_for(lambda: "dropped; every session" in b.log_text(), timeout=10)
+
+    redis_server.start()
+    # kept, and the publisher's own (Raw asks for an expiry): not "gone"
+    wait_for(lambda: "rewrote 2 sessions" in b.log_text(), timeout=15)
+    wait_for(lambda: r.hlen("shardmq:s:{kept}:q") == len(payloads))
+    b.stop(signal.SIGKILL)
+    b.start()
+    again = persistent(b.port, "kept", 5)
+    flags, _, _ = again.connect()
+    assert flags.session_present is True
+    got = [again.get().payload for _ in payloads]
+    assert got == payloads
+    again.disconnect()
+    back = Client(b.port, client_id="gone", clean_start=False, session_expiry=60)
+    flags, _, _ = back.connect()
+    assert flags.session_present is False
+    back.disconnect()
