@@ -305,16 +305,25 @@ class Broker:
             await store.open()
             state = await store.load()
         except StoreUnavailable as exc:
-            self._shard = None
-            await store.close()
-            raise ConfigError("redis_url", str(exc)) from None
+            if self.generation <= 1:
+                self._shard = None
+                await store.close()
+                raise ConfigError("redis_url", str(exc)) from None
+            # a worker restarted while Redis is away: the others serve on, and
+            # so does this one (its share of new connections must not wait),
+            # refusing persistent sessions until Redis answers and its
+            # sessions are loaded
+            log.error("%s; serving without stored sessions until it answers", exc)
+            state = None
+            store.open_later(lambda loaded: shard.restore(loaded, from_store=True))
         shard.store = store
         store.resync = shard.resync_store
         if shard.fabric.distributed:
             # a QoS 1/2 message stored on another worker is acknowledged once it is
             shard.fabric.store_sync = True
             shard.fabric.sync_timeout = cfg.store_timeout
-        shard.restore(state, from_store=True)
+        if state is not None:
+            shard.restore(state, from_store=True)
 
     # -- the memory store's snapshot (persistence_file) ---------------------------------
 

@@ -169,6 +169,7 @@ class RedisStore:
         self._batches: deque[_Batch] = deque()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._starter: asyncio.Task[None] | None = None
         self._pinger: asyncio.TimerHandle | None = None
         self._timeouts: asyncio.TimerHandle | None = None
         self._last: asyncio.Future[None] | None = None
@@ -209,8 +210,65 @@ class RedisStore:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._client()
+        assert self._redis is not None
+        deadline = time.monotonic() + self.connect_timeout
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                await asyncio.wait_for(self._redis.ping(), self.store_timeout)
+                break
+            except (RedisError, OSError, TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    await self._redis.aclose()
+                    self._redis = None
+                    raise StoreUnavailable(
+                        f"cannot reach Redis at {self.shown_url} within "
+                        f"{self.connect_timeout:g} s: {exc}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+        self._begin()
+
+    def open_later(self, ready: Callable[[StoredState], None]) -> None:
+        """For a worker restarted while Redis is away: serve at once (with
+        ``available`` False, so persistent sessions are refused), and once Redis
+        answers load what was saved, hand it to ``ready`` and start writing."""
+        self._client()
+        assert self._loop is not None
+        self._starter = self._loop.create_task(self._start_later(ready))
+
+    async def _start_later(self, ready: Callable[[StoredState], None]) -> None:
+        delay = BACKOFF_MIN
+        while not self._closing:
+            assert self._redis is not None
+            try:
+                await asyncio.wait_for(self._redis.ping(), self.store_timeout)
+                state = await self.load()
+            except (RedisError, OSError, TimeoutError, StoreUnavailable):
+                # retried often: until this worker has loaded its sessions, a
+                # claim of one of them from another worker finds nothing
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MIN * 4)
+                continue
+            ready(state)
+            self._begin()
+            log.warning("store: Redis at %s answers: stored sessions loaded", self.shown_url)
+            return
+
+    def _begin(self) -> None:
+        assert self._loop is not None and self._wake is not None
+        self.available = True
+        self._writer = self._loop.create_task(self._write_batches())
+        self._pinger = self._loop.call_later(PING_INTERVAL, self._ping_due)
+        if self._batches:
+            self._wake.set()
+        log.info("store: Redis at %s, prefix %r", self.shown_url, self.prefix)
+
+    def _client(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        if self._wake is None:
+            self._wake = asyncio.Event()
         try:
             self._redis = aioredis.Redis.from_url(
                 self.url,
@@ -221,26 +279,6 @@ class RedisStore:
             )
         except ValueError as exc:
             raise StoreUnavailable(f"redis_url {self.shown_url}: {exc}") from None
-        deadline = time.monotonic() + self.connect_timeout
-        delay = BACKOFF_MIN
-        while True:
-            try:
-                await asyncio.wait_for(self._redis.ping(), self.store_timeout)
-                break
-            except (RedisError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    await self._redis.aclose()
-                    self._redis = None
-                    raise StoreUnavailable(
-                        f"cannot reach Redis at {self.shown_url} within "
-                        f"{self.connect_timeout:g} s: {exc}"
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-        self.available = True
-        self._writer = self._loop.create_task(self._write_batches())
-        self._pinger = self._loop.call_later(PING_INTERVAL, self._ping_due)
-        log.info("store: Redis at %s, prefix %r", self.shown_url, self.prefix)
 
     async def close(self) -> None:
         """Write what is buffered (within ``store_timeout``) and disconnect."""
@@ -249,6 +287,8 @@ class RedisStore:
         self._closing = True
         if self._pinger is not None:
             self._pinger.cancel()
+        if self._starter is not None and not self._starter.done():
+            self._starter.cancel()
         if self._buf:
             self._close_batch()
         if self._batches:

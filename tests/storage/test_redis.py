@@ -445,3 +445,34 @@ def test_outage_past_the_backlog_limit_rewrites_everything(
     flags, _, _ = back.connect()
     assert flags.session_present is False
     back.disconnect()
+
+
+def test_worker_restarted_while_redis_is_down_serves_and_loads_later(
+    redis_server: RedisServer, brokers: list[Serve]
+) -> None:
+    """A worker killed while Redis is away cannot load its sessions. That is not
+    a configuration error: it serves at once (its share of new connections does
+    not wait), refusing persistent sessions, and once Redis answers it loads
+    its sessions."""
+    b = serve(redis_server, brokers, 2, "--redis-connect-timeout", "0.3")
+    sub = Raw(b.port)
+    sub.connect("patient")
+    sub.send(Subscribe(1, [Subscription("p/#", 1)]))
+    assert isinstance(sub.recv(), Suback)
+    r = redis_server.client()
+    wait_for(lambda: r.exists("shardmq:s:{patient}:sub") == 1)
+    worker = _worker_serving(b, sub)
+    redis_server.stop()
+    worker.kill()
+    assert sub.recv() is None
+    wait_for(lambda: "serving without stored sessions" in b.log_text(), timeout=20)
+    for n in range(8):  # some land on the restarted worker: all are answered
+        plain = Client(b.port, client_id=f"plain-{n}")
+        plain.connect()
+        plain.disconnect()
+    assert b.proc is not None and b.proc.poll() is None
+    redis_server.start()
+    wait_for(lambda: "stored sessions loaded" in b.log_text(), timeout=30)
+    sub = Raw(b.port)
+    assert sub.connect("patient").session_present is True
+    sub.close()
