@@ -43,12 +43,6 @@ class Terms:
         """CONNACK must state the Session Expiry Interval [MQTT-3.2.2.3.2]."""
         return self.session_expiry != self.requested_expiry
 
-    @property
-    def keep_alive_deadline(self) -> float:
-        """Seconds of silence after which the connection is closed (1.5 x keep
-        alive [MQTT-3.1.2-24]); 0 for none."""
-        return self.keep_alive * 1.5
-
 
 def negotiate(
     version: int,

@@ -43,6 +43,7 @@ from ..hooks import ClientHandle, Continue, Success
 from ..protocol.codec import Decoder, encode, sendable_code
 from ..protocol.connect import negotiate
 from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
+from ..protocol.keepalive import CONNECT_TIMEOUT, KEEP_ALIVE_TIMEOUT, KeepAlive
 from ..protocol.packets import (
     Auth,
     Connack,
@@ -89,8 +90,7 @@ class Connection(asyncio.Protocol):
         "client_id",
         "username",
         "session",
-        "keep_alive",
-        "last_rx",
+        "alive",
         "_timer",
         "_out",
         "_dirty",
@@ -127,8 +127,8 @@ class Connection(asyncio.Protocol):
         self.client_id = ""
         self.username: str | None = None
         self.session: Session | None = None
-        self.keep_alive = 0.0
-        self.last_rx = 0.0
+        #: the CONNECT and keep-alive deadlines (armed in connection_made)
+        self.alive = KeepAlive(0.0, 0.0)
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._dirty = False
@@ -174,13 +174,13 @@ class Connection(asyncio.Protocol):
             self._over_limit = True
         shard.connections.add(self)
         shard.stats.connections_total += 1
-        self.last_rx = self.loop.time()
+        self.alive = KeepAlive(self.loop.time(), shard.config.connect_timeout)
         self._timer = self.loop.call_later(shard.config.connect_timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
             return
-        self.last_rx = self.loop.time()
+        self.alive.last_rx = self.loop.time()
         shard = self.shard
         shard.stats.bytes_received += len(data)
         shard.received += len(data)
@@ -412,17 +412,17 @@ class Connection(asyncio.Protocol):
         if self.state == CLOSED:
             return
         now = self.loop.time()
-        if self.state != CONNECTED:
+        due = self.alive.check(now)
+        if due == CONNECT_TIMEOUT:
             log.info("connection from %s: no CONNECT in time, closing", self.peer)
             self.close()
             return
-        if not self.keep_alive:
-            return
-        deadline = self.last_rx + self.keep_alive
-        if now >= deadline:
+        if due == KEEP_ALIVE_TIMEOUT:
             self.fail(ProtocolViolation(ReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout"))
             return
-        self._timer = self.loop.call_later(deadline - now, self._on_timer)
+        deadline = self.alive.deadline()
+        if deadline is not None:
+            self._timer = self.loop.call_later(deadline - now, self._on_timer)
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -726,12 +726,13 @@ class Connection(asyncio.Protocol):
             else:
                 connack = shard.connack_bytes(self.version, True)
         # keep alive 0 means no timeout [MQTT-3.1.2-21]; otherwise 1.5 times it
-        self.keep_alive = terms.keep_alive_deadline
+        now = self.loop.time()
+        deadline = self.alive.connected(now, terms.keep_alive)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if terms.keep_alive:
-            self._timer = self.loop.call_later(self.keep_alive, self._on_timer)
+        if deadline is not None:
+            self._timer = self.loop.call_later(deadline - now, self._on_timer)
         self.decoder.max_packet_size = cfg.max_packet_size
         self.write(connack)
         self.state = CONNECTED
