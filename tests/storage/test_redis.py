@@ -137,7 +137,9 @@ def _worker_serving(b: Serve, client: Raw) -> psutil.Process:
     local = client.sock.getsockname()
     assert b.proc is not None
     for proc in psutil.Process(b.proc.pid).children():
-        for conn in proc.net_connections(kind="tcp"):
+        # net_connections since psutil 6; connections before (the project allows 5.9)
+        listing = getattr(proc, "net_connections", None) or proc.connections
+        for conn in listing(kind="tcp"):
             if conn.raddr and (conn.raddr.ip, conn.raddr.port) == local:
                 return proc
     raise AssertionError("no worker holds the connection")
