@@ -43,6 +43,7 @@ from ..hooks import ClientHandle, Continue, Success
 from ..protocol.codec import Decoder, encode, sendable_code
 from ..protocol.connect import negotiate
 from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
+from ..protocol.handlers.publish import DUPLICATE, check_publish
 from ..protocol.keepalive import CONNECT_TIMEOUT, KEEP_ALIVE_TIMEOUT, KeepAlive
 from ..protocol.packets import (
     Auth,
@@ -920,43 +921,16 @@ class Connection(asyncio.Protocol):
             raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "PUBLISH before CONNACK")
         shard = self.shard
         cfg = shard.config
-        props = packet.properties
-        qos = packet.qos
-        if self.version == MQTT5:
-            alias = props.topic_alias
-            if alias is not None:
-                if alias == 0 or alias > cfg.topic_alias_maximum:
-                    # [MQTT-3.3.2-9], [MQTT-3.3.2-10]
-                    raise ProtocolViolation(ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid")
-                if packet.topic:
-                    self.aliases_in[alias] = packet.topic
-                else:
-                    topic = self.aliases_in.get(alias)
-                    if topic is None:
-                        raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "unknown topic alias")
-                    packet.topic = topic
-                props.topic_alias = None
-            if props.subscription_identifiers is not None:
-                # [MQTT-3.3.4-6]
-                raise ProtocolViolation(
-                    ReasonCode.PROTOCOL_ERROR, "subscription identifier in PUBLISH"
-                )
-        if qos > cfg.maximum_qos:
-            raise ProtocolViolation(ReasonCode.QOS_NOT_SUPPORTED, "QoS not supported")
-        if packet.retain and not cfg.retain_available:
-            raise ProtocolViolation(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported")
-        shard.stats.messages_received += 1
         session = self.session
         assert session is not None
-        if qos == 2:
-            if packet.packet_id in session.inbound_qos2:
-                # a resend of a message already routed: acknowledge only
-                self._send_ack(Pubrec(packet.packet_id))
-                return None
-            if len(session.inbound_qos2) >= cfg.receive_maximum:
-                raise ProtocolViolation(
-                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"
-                )
+        verdict = check_publish(packet, self.version, self.aliases_in, session.inbound_qos2, cfg)
+        shard.stats.messages_received += 1
+        if verdict == DUPLICATE:
+            # a resend of a message already routed: acknowledge only
+            assert packet.packet_id is not None
+            self._send_ack(Pubrec(packet.packet_id))
+            return None
+        qos = packet.qos
         hook = shard.hooks.on_publish
         if hook is not None or packet.topic.startswith("$SYS"):
             return self._publish_hooked(packet)
