@@ -43,6 +43,7 @@ from ..hooks import ClientHandle, Continue, Success
 from ..protocol.codec import Decoder, encode, sendable_code
 from ..protocol.connect import negotiate
 from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
+from ..protocol.handlers.acks import on_puback, on_pubcomp, on_pubrec, on_pubrel
 from ..protocol.handlers.publish import DUPLICATE, check_publish
 from ..protocol.keepalive import CONNECT_TIMEOUT, KEEP_ALIVE_TIMEOUT, KeepAlive
 from ..protocol.packets import (
@@ -1077,9 +1078,7 @@ class Connection(asyncio.Protocol):
         self._require_connected()
         session = self.session
         assert session is not None
-        out = session.inflight.get(packet.packet_id)
-        if out is not None and out.qos == 1:
-            session.end_flight(packet.packet_id)
+        if on_puback(session, packet.packet_id):
             self._window_freed()
         hook = self.shard.hooks.on_puback
         if hook is not None:
@@ -1090,18 +1089,11 @@ class Connection(asyncio.Protocol):
         self._require_connected()
         session = self.session
         assert session is not None
-        out = session.inflight.get(packet.packet_id)
-        if out is not None and out.qos == 2:
-            if packet.reason_code >= 0x80:
-                # the receiver refused it: the flow ends here
-                session.end_flight(packet.packet_id)
-                self._window_freed()
-            else:
-                session.release(packet.packet_id, out)
-                self.send(Pubrel(packet.packet_id))
-        elif packet.reason_code < 0x80:
-            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-            self.send(Pubrel(packet.packet_id, code if self.version == MQTT5 else 0))
+        freed, reply = on_pubrec(session, packet.packet_id, packet.reason_code, self.version)
+        if reply is not None:
+            self.send(reply)
+        if freed:
+            self._window_freed()
         hook = self.shard.hooks.on_pubrec
         if hook is not None:
             return self._notify(hook, packet)
@@ -1131,30 +1123,17 @@ class Connection(asyncio.Protocol):
     def _complete_pubrel(self, packet: Pubrel, code: int | None, reason: str | None) -> None:
         session = self.session
         assert session is not None
-        pid = packet.packet_id
-        if session.release_inbound(pid):
-            if code is None:
-                code = ReasonCode.SUCCESS
-        elif code is None:
-            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-        code = sendable_code(PacketType.PUBCOMP, code)
-        props = None
-        if self.version == MQTT5:
-            if reason and self.problem_info:
-                props = Properties(reason_string=reason)
-        else:
-            code = 0
-        self._send_ack(Pubcomp(pid, code, props))
+        self._send_ack(
+            on_pubrel(session, packet.packet_id, self.version, code, reason, self.problem_info)
+        )
 
     def _handle_pubcomp(self, packet: Pubcomp) -> Coroutine[Any, Any, None] | None:
         self._require_connected()
         session = self.session
         assert session is not None
-        out = session.inflight.get(packet.packet_id)
-        if out is not None and out.qos == 2 and out.released:
-            # only a PUBCOMP answering our PUBREL ends the flow: until its PUBREC
-            # the message stays unacknowledged [MQTT-4.3.3-3] (3.1.1 [MQTT-4.3.3-1])
-            session.end_flight(packet.packet_id)
+        # only a PUBCOMP answering our PUBREL ends the flow: until its PUBREC
+        # the message stays unacknowledged [MQTT-4.3.3-3] (3.1.1 [MQTT-4.3.3-1])
+        if on_pubcomp(session, packet.packet_id):
             self._window_freed()
         hook = self.shard.hooks.on_pubcomp
         if hook is not None:
@@ -1245,7 +1224,8 @@ class Connection(asyncio.Protocol):
             applied = fabric.barrier()
             fabric.flush_now()
             return self._suback_after(applied, packet.packet_id, codes, retained)
-        if store is not None and store.pending():
+        if store is not None and not store.flush().done():
+            # the subscription, or a change before it, is not written yet
             return self._suback_after(None, packet.packet_id, codes, retained)
         self._suback(packet.packet_id, codes, retained)
         return None
@@ -1267,9 +1247,9 @@ class Connection(asyncio.Protocol):
 
     async def _stored(self) -> None:
         store = self.shard.store
-        if store is not None and store.pending():
+        if store is not None:
             try:
-                await store.flush()
+                await store.flush()  # what is buffered, or the batch being written
             except StoreUnavailable:
                 pass
 

@@ -58,18 +58,25 @@ class Serve:
         ]
 
     def start(self) -> Serve:
+        """Start it and return once every worker serves: the supervisor's
+        sockets accept before the workers run, and a worker still booting when
+        a test stops the broker would neither serve nor save anything."""
+        before = len(self.log_text())
         self.proc = subprocess.Popen(
             self.argv(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
         )
+        ready = "serving (generation" if self.workers > 1 else "shardmq listening"
         deadline = time.monotonic() + 15
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
+                if self.log_text()[before:].count(ready) >= self.workers:
+                    return self
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"broker did not start:\n{self.log_text()}") from None
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"broker did not start:\n{self.log_text()}") from None
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
