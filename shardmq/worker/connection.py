@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import Any, cast
@@ -46,6 +45,7 @@ from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
 from ..protocol.handlers.acks import on_puback, on_pubcomp, on_pubrec, on_pubrel
 from ..protocol.handlers.publish import DUPLICATE, check_publish
 from ..protocol.keepalive import CONNECT_TIMEOUT, KEEP_ALIVE_TIMEOUT, KeepAlive
+from ..protocol.outbound import Outbox
 from ..protocol.packets import (
     Auth,
     Connack,
@@ -63,11 +63,11 @@ from ..protocol.packets import (
     Unsuback,
     Unsubscribe,
 )
-from ..protocol.session import Message, Outbound, Session
+from ..protocol.session import Message, Session
 from ..protocol.topics import validate_topic_name
 from ..socketinfo import tcp_bytes_acked
 from ..storage.base import StoreUnavailable
-from .shard import Shard, remaining_expiry
+from .shard import Shard
 
 log = logging.getLogger("shardmq.connection")
 
@@ -100,11 +100,8 @@ class Connection(asyncio.Protocol):
         "_task",
         "peer",
         "handle",
-        "send_window",
-        "client_max_packet",
-        "client_alias_max",
+        "outbox",
         "aliases_in",
-        "aliases_out",
         "problem_info",
         "auth_method",
         "write_paused",
@@ -113,7 +110,6 @@ class Connection(asyncio.Protocol):
         "_taken_over",
         "_over_limit",
         "_connect",
-        "_unsent",
         "written",
         "_acks",
     )
@@ -138,11 +134,9 @@ class Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self.peer: tuple[str, int] | None = None
         self.handle: ClientHandle | None = None
-        self.send_window = 65535
-        self.client_max_packet = 0  # 0: no limit announced
-        self.client_alias_max = 0
+        #: what we send the client: its limits, topic aliases, resends
+        self.outbox = Outbox(self.write, shard.stats)
         self.aliases_in: dict[int, str] = {}
-        self.aliases_out: dict[str, int] = {}
         self.problem_info = True
         self.auth_method: str | None = None
         self.write_paused = False
@@ -152,8 +146,6 @@ class Connection(asyncio.Protocol):
         self._over_limit = False
         #: the CONNECT waiting for its AUTH exchange to finish
         self._connect: Connect | None = None
-        #: in-flight packet ids still to resend after a reconnect
-        self._unsent: deque[int] = deque()
         #: bytes handed to the transport (flow control measures progress by it)
         self.written = 0
         #: acknowledgements waiting for the store to write what they acknowledge
@@ -308,51 +300,21 @@ class Connection(asyncio.Protocol):
         self.transport.abort()
 
     def send(self, packet: Any) -> bool:
-        """Encode and queue ``packet``; False (and the connection closed) when
-        even its smallest form exceeds the client's Maximum Packet Size."""
-        data = encode(packet, self.version)
-        limit = self.client_max_packet
-        if limit and len(data) > limit:
-            fitted = self._fit(packet, limit)
-            if fitted is None:
-                # [MQTT-3.1.2-24] never send a packet over the client's limit:
-                # closing is the only answer left (a CONNACK is not sent at all)
-                log.info(
-                    "client %s: %s of %d bytes exceeds its maximum packet size %d, closing",
-                    self.client_id or "-",
-                    PacketType(packet.packet_type).name,
-                    len(data),
-                    limit,
-                )
-                self.close()
-                return False
-            data = fitted
-        self.write(data)
-        return True
-
-    def _fit(self, packet: Any, limit: int) -> bytes | None:
-        """``packet`` without its Reason String, then without its User
-        Properties, whichever first fits ``limit`` [MQTT-3.2.2-19, -20],
-        [MQTT-3.4.2-2, -3] and their siblings for PUBREC, PUBREL, PUBCOMP,
-        SUBACK, UNSUBACK, DISCONNECT [MQTT-3.14.2-3, -4] and AUTH; None when
-        neither is enough."""
-        props = getattr(packet, "properties", None)
-        if props is None or (props.reason_string is None and not props.user_properties):
-            return None
-        original = props
-        props = props.copy()
-        packet.properties = props
-        try:
-            for name in ("reason_string", "user_properties"):
-                if getattr(props, name) is None:
-                    continue
-                setattr(props, name, None)
-                data = encode(packet, self.version)
-                if len(data) <= limit:
-                    return data
-            return None
-        finally:
-            packet.properties = original
+        """Encode and queue a control packet; False (and the connection
+        closed) when even its smallest form exceeds the client's Maximum
+        Packet Size."""
+        if self.outbox.control(packet):
+            return True
+        # [MQTT-3.1.2-24] never send a packet over the client's limit: closing
+        # is the only answer left (a CONNACK is not sent at all)
+        log.info(
+            "client %s: %s exceeds its maximum packet size %d, closing",
+            self.client_id or "-",
+            PacketType(packet.packet_type).name,
+            self.outbox.max_packet,
+        )
+        self.close()
+        return False
 
     def close(self) -> None:
         """Flush what is queued and close."""
@@ -489,16 +451,15 @@ class Connection(asyncio.Protocol):
         self.version = packet.protocol_version
         self.state = CONNECTING
         props = packet.properties
-        if self.version == MQTT5:
-            if props.request_problem_information == 0:
-                self.problem_info = False
-            if props.receive_maximum is not None:
-                self.send_window = props.receive_maximum
-            if props.maximum_packet_size is not None:
-                self.client_max_packet = props.maximum_packet_size
-            if props.topic_alias_maximum:
-                self.client_alias_max = props.topic_alias_maximum
-        self.send_window = min(self.send_window, cfg.max_inflight)
+        if self.version == MQTT5 and props.request_problem_information == 0:
+            self.problem_info = False
+        self.outbox.configure(
+            self.version,
+            props.receive_maximum,
+            props.maximum_packet_size,
+            props.topic_alias_maximum,
+            cfg.max_inflight,
+        )
         if self._over_limit:
             raise MQTTError(ReasonCode.SERVER_BUSY, "too many connections")
         if self.shard.closing:
@@ -707,7 +668,7 @@ class Connection(asyncio.Protocol):
         else:
             # the common case: the same bytes for every client (cached per shard)
             connack = shard.connack_bytes(self.version, False)
-        limit = self.client_max_packet
+        limit = self.outbox.max_packet
         if limit and len(connack) > limit:
             # [MQTT-3.1.2-24]: a CONNACK over the client's limit is not sent;
             # checked before the session is touched, so nothing is taken over
@@ -741,9 +702,11 @@ class Connection(asyncio.Protocol):
         log.debug(
             "client %s connected (v%d, session present %s)", self.client_id, self.version, present
         )
+        outbox = self.outbox
+        now = shard.clock()
         if present:
-            self._resend()
-        self._drain()
+            outbox.resend(session, now)
+        outbox.drain(session, now)
 
     # -- outbound messages ----------------------------------------------------------
 
@@ -754,166 +717,21 @@ class Connection(asyncio.Protocol):
             if session is not None and (qos or session.queue_qos0):
                 session.enqueue((msg, qos, retain, ids))
             return
-        expiry = remaining_expiry(msg, time.time())
-        if expiry == -1:
-            return  # expired: never delivered [MQTT-3.3.2-5]
-        if qos == 0:
+        if qos == 0 and self.write_paused:
             transport = self.transport
             if (
-                self.write_paused
-                and transport is not None
+                transport is not None
                 and transport.get_write_buffer_size() > self.shard.config.max_outgoing_buffer
             ):
                 self.shard.stats.messages_dropped += 1
                 self._cut_off_slow_consumer()
                 return
-            tmpl = msg.template or msg.encoder()
-            data: bytes | None
-            if self.version == MQTT311:
-                data = tmpl.encode_simple(MQTT311, retain)
-            elif ids is None and expiry is None and not self.client_alias_max:
-                data = tmpl.encode_simple(MQTT5, retain)
-            else:
-                data = self._encode(msg, 0, retain, False, 0, ids, expiry)
-            if data is None or (self.client_max_packet and len(data) > self.client_max_packet):
-                # [MQTT-3.1.2-25] never send more than the client accepts
-                self.shard.stats.messages_dropped += 1
-                return
-            self.shard.stats.messages_sent += 1
-            self.write(data)
-            return
-        if session.pending or len(session.inflight) >= self.send_window:
-            if not session.enqueue((msg, qos, retain, ids)):
-                self.shard.stats.messages_dropped += 1
-            return
-        self._send_qos(session, msg, qos, retain, ids, expiry)
-
-    def _send_qos(
-        self,
-        session: Session,
-        msg: Message,
-        qos: int,
-        retain: bool,
-        ids: list[int] | None,
-        expiry: int | None,
-    ) -> None:
-        pid = session.allocate_packet_id()
-        data = self._encode(msg, qos, retain, False, pid, ids, expiry)
-        if data is None:
-            # too large for this client: discarded as if delivered [MQTT-3.1.2-25]
-            self.shard.stats.messages_dropped += 1
-            return
-        session.put_inflight(pid, Outbound(msg, qos, retain, ids))
-        self.shard.stats.messages_sent += 1
-        self.write(data)
-
-    def _encode(
-        self,
-        msg: Message,
-        qos: int,
-        retain: bool,
-        dup: bool,
-        pid: int,
-        ids: list[int] | None,
-        expiry: int | None,
-    ) -> bytes | None:
-        """Encode one delivery for this client; None when it exceeds the
-        client's Maximum Packet Size (a topic alias is only kept when sent)."""
-        tmpl = msg.template or msg.encoder()
-        limit = self.client_max_packet
-        if self.version == MQTT311:
-            data = tmpl.encode(MQTT311, qos, retain, dup, pid, None, 0, True, None)
-            return None if limit and len(data) > limit else data
-        alias_no = 0
-        send_topic = True
-        new_alias = False
-        if self.client_alias_max:
-            aliases = self.aliases_out
-            alias_no = aliases.get(msg.topic, 0)
-            if alias_no:
-                send_topic = False
-            elif len(aliases) < self.client_alias_max:
-                alias_no = len(aliases) + 1
-                new_alias = True
-        data = tmpl.encode(MQTT5, qos, retain, dup, pid, ids, alias_no, send_topic, expiry)
-        if limit and len(data) > limit:
-            if not new_alias:
-                return None
-            # the alias property made it too big: send the plain topic instead
-            data = tmpl.encode(MQTT5, qos, retain, dup, pid, ids, 0, True, expiry)
-            return None if len(data) > limit else data
-        if new_alias:
-            self.aliases_out[msg.topic] = alias_no
-        return data
-
-    def _resend(self) -> None:
-        """Reconnected to an existing session: resend unacknowledged messages
-        with DUP, and PUBRELs, in their original order [MQTT-4.4.0-1], no more
-        at once than the client's new Receive Maximum allows [MQTT-3.3.4-9];
-        the rest follow as acknowledgements free the window."""
-        session = self.session
-        assert session is not None
-        sent = 0
-        for pid in list(session.inflight):
-            if sent >= self.send_window:
-                self._unsent.append(pid)
-            elif self._resend_one(pid):
-                sent += 1
-
-    def _resend_one(self, pid: int) -> bool:
-        session = self.session
-        assert session is not None
-        out = session.inflight.get(pid)
-        if out is None:
-            return False
-        if out.released:
-            self.send(Pubrel(pid))
-            return True
-        msg = out.message
-        expiry = remaining_expiry(msg, time.time())
-        if expiry == -1:
-            session.end_flight(pid)  # expired while waiting: drop it
-            return False
-        data = self._encode(msg, out.qos, out.retain, True, pid, out.subscription_ids, expiry)
-        if data is None:
-            session.end_flight(pid)
-            return False
-        self.shard.stats.messages_sent += 1
-        self.write(data)
-        return True
+        self.outbox.deliver(session, msg, qos, retain, ids, self.shard.clock())
 
     def _window_freed(self) -> None:
-        """An outbound QoS 1/2 flow ended: resend or send what waits for the slot."""
-        unsent = self._unsent
-        while unsent:
-            if self._resend_one(unsent.popleft()):
-                return
-        if self.session is not None and self.session.pending:
-            self._drain()
-
-    def _drain(self) -> None:
-        """Send queued messages while the client's receive window has room."""
         session = self.session
-        if session is None or self.state != CONNECTED:
-            return
-        pending = session.pending
-        inflight = session.inflight
-        now = time.time()
-        while pending:
-            msg, qos, retain, ids = pending[0]
-            if qos and len(inflight) >= self.send_window:
-                return
-            session.pop_pending()
-            expiry = remaining_expiry(msg, now)
-            if expiry == -1:
-                continue
-            if qos == 0:
-                data = self._encode(msg, 0, retain, False, 0, ids, expiry)
-                if data is not None:
-                    self.shard.stats.messages_sent += 1
-                    self.write(data)
-            else:
-                self._send_qos(session, msg, qos, retain, ids, expiry)
+        if session is not None and self.state == CONNECTED:
+            self.outbox.window_freed(session, self.shard.clock())
 
     # -- inbound packets ---------------------------------------------------------------
 
@@ -981,7 +799,7 @@ class Connection(asyncio.Protocol):
             qos,
             packet.retain,
             props,
-            time.time() + expiry if expiry is not None else None,
+            self.shard.clock() + expiry if expiry is not None else None,
             self.client_id,
         )
         if self.shard.publish(msg) == 0 and qos and self.version == MQTT5:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -1054,21 +1053,6 @@ class Shard:
 
 def _online(cid: str, sub: Subscription) -> bool:
     return sub.session.connection is not None
-
-
-def remaining_expiry(msg: Message, now: float) -> int | None:
-    """Seconds left of a message's expiry, rounded up [MQTT-3.3.2-6]; -1 when
-    it has expired; None when it never expires."""
-    if msg.expiry_at is None:
-        return None
-    left = msg.expiry_at - now
-    if left <= 0:
-        return -1
-    # expiry_at = arrival + interval in floats: the difference can come back a
-    # hair above the interval (60.000000000000004), which must not round up
-    # to a second more than the publisher gave [MQTT-3.3.2-6], nor past the
-    # four bytes the property has
-    return min(math.ceil(left - 1e-6), 0xFFFFFFFF)
 
 
 def _best_match(

@@ -15,6 +15,7 @@ from typing import Any
 
 from shardmq.protocol.constants import MQTT5
 from shardmq.protocol.fanout import PublishTemplate
+from shardmq.protocol.outbound import remaining_expiry
 from shardmq.protocol.packets import (
     Connack,
     Connect,
@@ -26,7 +27,6 @@ from shardmq.protocol.packets import (
     Subscription,
 )
 from shardmq.protocol.session import Message
-from shardmq.worker.shard import remaining_expiry
 from tests.helpers import BrokerThread, Client, RawClient, expect
 
 EXPIRY_MAX = 0xFFFFFFFF
