@@ -37,6 +37,8 @@ class BrokerThread:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        #: seconds the broker's clock runs ahead of the real one (advance())
+        self._offset = 0.0
 
     def start(self) -> BrokerThread:
         ready = threading.Event()
@@ -73,6 +75,15 @@ class BrokerThread:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(WAIT)
+
+    def advance(self, seconds: float) -> None:
+        """Move the broker's wall clock forward by ``seconds``: session expiry,
+        will delay and message expiry see the time pass, and what falls due
+        runs before this returns (keep alive, on the loop's own clock, not)."""
+        self._offset += seconds
+        offset = self._offset
+        shard = self.broker._shard
+        self.call(lambda: shard.set_clock(lambda: time.time() + offset))
 
     def stop(self) -> None:
         if self.loop is None:

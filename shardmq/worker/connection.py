@@ -1,4 +1,16 @@
-"""One client connection: an ``asyncio.Protocol`` on uvloop.
+"""One client connection: an ``asyncio.Protocol`` on uvloop, the glue around
+the sans-I/O session core.
+
+The MQTT rules live in ``shardmq/protocol``: the decoder
+(``protocol/codec.py``), one handler module per inbound packet
+(``protocol/handlers/``: connect, publish, acks, subscribe, disconnect,
+auth), the outbound engine (``protocol/outbound.py``: receive window, topic
+aliases, resend, expiry countdown, packet size), the keep-alive deadline
+(``protocol/keepalive.py``) and the connection states
+(``protocol/state.py``); each takes ``now`` where time matters and is tested
+without sockets. What stays here is what needs the event loop: the
+transport, the hooks, the client-id claim across workers, the store's
+acknowledgement ordering and the one timer.
 
 Theory of operation
 -------------------
@@ -40,10 +52,20 @@ from ..errors import (
 )
 from ..hooks import ClientHandle, Continue, Success
 from ..protocol.codec import Decoder, encode, sendable_code
-from ..protocol.connect import negotiate
 from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
 from ..protocol.handlers.acks import on_puback, on_pubcomp, on_pubrec, on_pubrel
+from ..protocol.handlers.auth import check_auth
+from ..protocol.handlers.connect import check_connect, connack_properties, negotiate
+from ..protocol.handlers.disconnect import on_disconnect
 from ..protocol.handlers.publish import DUPLICATE, check_publish
+from ..protocol.handlers.subscribe import (
+    Verdict,
+    apply,
+    check_subscribe,
+    suback_codes,
+    unsuback_codes,
+    verdicts,
+)
 from ..protocol.keepalive import CONNECT_TIMEOUT, KEEP_ALIVE_TIMEOUT, KeepAlive
 from ..protocol.outbound import Outbox
 from ..protocol.packets import (
@@ -64,18 +86,17 @@ from ..protocol.packets import (
     Unsubscribe,
 )
 from ..protocol.session import Message, Session
-from ..protocol.topics import validate_topic_name
+from ..protocol.state import ConnectionState
 from ..socketinfo import tcp_bytes_acked
 from ..storage.base import StoreUnavailable
 from .shard import Shard
 
 log = logging.getLogger("shardmq.connection")
 
-# connection states
-AWAIT_CONNECT = 0
-CONNECTING = 1  # CONNECT received, hooks or AUTH exchange in progress
-CONNECTED = 2
-CLOSED = 3
+AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
+CONNECTING = ConnectionState.CONNECTING
+CONNECTED = ConnectionState.CONNECTED
+CLOSED = ConnectionState.CLOSED
 
 #: transport buffer size at which a connection counts as congested
 _WRITE_HIGH_WATER = 256 * 1024
@@ -464,12 +485,8 @@ class Connection(asyncio.Protocol):
             raise MQTTError(ReasonCode.SERVER_BUSY, "too many connections")
         if self.shard.closing:
             raise MQTTError(ReasonCode.SERVER_SHUTTING_DOWN)
-        cid = packet.client_id
-        if not cid:
-            if self.version == MQTT311 and not packet.clean_start:
-                # [MQTT-3.1.3-8]
-                raise MQTTError(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
-            cid = self.shard.assign_client_id()
+        check_connect(packet, cfg)
+        cid = packet.client_id or self.shard.assign_client_id()
         self.client_id = cid
         transport = self.transport
         tls = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -479,23 +496,6 @@ class Connection(asyncio.Protocol):
             if packet.username is None:
                 raise MQTTError(ReasonCode.NOT_AUTHORIZED, "no client certificate")
         self.username = packet.username
-        will = packet.will
-        if will is not None:
-            validate_topic_name(will.topic)
-            if will.qos > cfg.maximum_qos:
-                raise MQTTError(ReasonCode.QOS_NOT_SUPPORTED, "will QoS not supported")
-            if will.retain and not cfg.retain_available:
-                raise MQTTError(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain not supported")
-        if (
-            self.version == MQTT311
-            and cfg.max_keep_alive < 65535
-            and (packet.keep_alive > cfg.max_keep_alive or packet.keep_alive == 0)
-            and cfg.v311_keep_alive == "refuse"
-        ):
-            # A 3.1.1 client cannot be told a shorter keep alive: refuse it
-            # (return code 2, as Mosquitto's max_keepalive does) rather than cut
-            # it off later; v311_keep_alive = "accept" lets it in with its own.
-            raise MQTTError(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keep alive above maximum")
         hooks = self.shard.hooks
         self.handle = ClientHandle(
             cid,
@@ -641,29 +641,18 @@ class Connection(asyncio.Protocol):
             # a persistent session needs the store: refuse rather than hand out a
             # session that would not survive (3.1.1: return code 3)
             raise MQTTError(ReasonCode.SERVER_UNAVAILABLE, "store unavailable")
-        server_ka = terms.server_keep_alive
-        ack_props: Properties | None = None
-        if v5 and (
-            terms.expiry_changed
-            or not packet.client_id
-            or server_ka is not None
-            or (props.request_response_information and cfg.response_information)
-            or self.auth_method is not None
-        ):
-            ack_props = shard.connack_properties()
-            if terms.expiry_changed:
-                ack_props.session_expiry_interval = server_expiry
-            if not packet.client_id:
-                # only when the client sent an empty one [MQTT-3.2.2-16]
-                ack_props.assigned_client_identifier = self.client_id
-            if server_ka is not None:
-                ack_props.server_keep_alive = server_ka
-            if props.request_response_information and cfg.response_information:
-                ack_props.response_information = cfg.response_information + self.client_id
-            if self.auth_method is not None:
-                ack_props.authentication_method = self.auth_method
-                if auth_data is not None:
-                    ack_props.authentication_data = auth_data
+        ack_props = None
+        if v5:
+            ack_props = connack_properties(
+                packet,
+                terms,
+                self.client_id,
+                shard.connack_properties,
+                cfg.response_information,
+                self.auth_method,
+                auth_data,
+            )
+        if ack_props is not None:
             connack = encode(Connack(False, ReasonCode.SUCCESS, ack_props), MQTT5)
         else:
             # the common case: the same bytes for every client (cached per shard)
@@ -960,40 +949,25 @@ class Connection(asyncio.Protocol):
 
     def _handle_subscribe(self, packet: Subscribe) -> Coroutine[Any, Any, None] | None:
         self._require_connected()
-        ids = packet.properties.subscription_identifiers
-        if ids and not self.shard.config.subscription_identifier_available:
-            raise ProtocolViolation(ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
-        for sub in packet.subscriptions:
-            if sub.no_local and sub.topic_filter.startswith("$share/"):
-                # [MQTT-3.8.3-4]
-                raise ProtocolViolation(
-                    ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription"
-                )
+        check_subscribe(packet, self.shard.config.subscription_identifier_available)
         hook = self.shard.hooks.on_subscribe
         if hook is not None:
             return self._subscribe_hooked(packet)
         return self._subscribe(packet, None)  # type: ignore[no-any-return]
 
     async def _subscribe_hooked(self, packet: Subscribe) -> None:
-        verdicts: list[Any] | None
+        result: object
         try:
             result = await self.shard.hooks.on_subscribe(self.handle, packet)  # type: ignore[misc]
         except DisconnectError:
             raise
         except HookError as err:
-            verdicts = [err.reason_code] * len(packet.subscriptions)
-        else:
-            if result is False:
-                verdicts = [ReasonCode.NOT_AUTHORIZED] * len(packet.subscriptions)
-            elif isinstance(result, list | tuple):
-                verdicts = list(result)
-            else:
-                verdicts = None
-        pending = self._subscribe(packet, verdicts)
+            result = err
+        pending = self._subscribe(packet, verdicts(result, len(packet.subscriptions)))
         if pending is not None:
             await pending
 
-    def _subscribe(self, packet: Subscribe, verdicts: list[Any] | None) -> Any:
+    def _subscribe(self, packet: Subscribe, allowed: list[Verdict] | None) -> Any:
         session = self.session
         assert session is not None
         shard = self.shard
@@ -1002,18 +976,10 @@ class Connection(asyncio.Protocol):
         codes: list[int] = []
         retained: list[tuple[Message, int, list[int] | None, bool]] = []
         for i, sub in enumerate(packet.subscriptions):
-            qos = sub.qos
-            if verdicts is not None and i < len(verdicts):
-                v = verdicts[i]
-                if v is False:
-                    codes.append(ReasonCode.NOT_AUTHORIZED)
-                    continue
-                if v is not True and v is not None:
-                    v = int(v)
-                    if v >= 0x80:
-                        codes.append(v)
-                        continue
-                    qos = min(qos, v)
+            refused, qos = apply(allowed, i, sub.qos)
+            if refused is not None:
+                codes.append(refused)
+                continue
             code, msgs = shard.subscribe(
                 session,
                 sub.topic_filter,
@@ -1029,10 +995,7 @@ class Connection(asyncio.Protocol):
                     retained.append(
                         (m, min(code, m.qos), None if identifier is None else [identifier], True)
                     )
-        if self.version == MQTT311:
-            codes = [c if c < 0x80 else 0x80 for c in codes]
-        else:
-            codes = [c if c < 0x80 else sendable_code(PacketType.SUBACK, c) for c in codes]
+        codes = suback_codes(codes, self.version)
         fabric = self.shard.fabric
         store = self.shard.store
         if fabric.distributed:
@@ -1086,36 +1049,23 @@ class Connection(asyncio.Protocol):
         return None
 
     async def _unsubscribe_hooked(self, packet: Unsubscribe) -> None:
-        verdicts: list[Any] | None = None
+        result: object
         try:
             result = await self.shard.hooks.on_unsubscribe(self.handle, packet)  # type: ignore[misc]
         except DisconnectError:
             raise
         except HookError as err:
-            verdicts = [err.reason_code] * len(packet.topic_filters)
-        else:
-            if result is False:
-                verdicts = [ReasonCode.NOT_AUTHORIZED] * len(packet.topic_filters)
-            elif isinstance(result, list | tuple):
-                verdicts = list(result)
-        self._unsubscribe(packet, verdicts)
+            result = err
+        self._unsubscribe(packet, verdicts(result, len(packet.topic_filters)))
 
-    def _unsubscribe(self, packet: Unsubscribe, verdicts: list[Any] | None) -> None:
+    def _unsubscribe(self, packet: Unsubscribe, allowed: list[Verdict] | None) -> None:
         session = self.session
         assert session is not None
         codes: list[int] = []
         for i, f in enumerate(packet.topic_filters):
-            if verdicts is not None and i < len(verdicts):
-                v = verdicts[i]
-                if v is False:
-                    codes.append(ReasonCode.NOT_AUTHORIZED)
-                    continue
-                if v is not True and v is not None and int(v) >= 0x80:
-                    codes.append(int(v))
-                    continue
-            codes.append(self.shard.unsubscribe(session, f))
-        codes = [c if c < 0x80 else sendable_code(PacketType.UNSUBACK, c) for c in codes]
-        self._send_ack(Unsuback(packet.packet_id, codes))
+            refused, _qos = apply(allowed, i, 0)
+            codes.append(refused if refused is not None else self.shard.unsubscribe(session, f))
+        self._send_ack(Unsuback(packet.packet_id, unsuback_codes(codes)))
         self.shard.fabric.flush_now()
 
     def _handle_pingreq(self, packet: Any) -> Coroutine[Any, Any, None] | None:
@@ -1132,21 +1082,9 @@ class Connection(asyncio.Protocol):
             self.close()
             return None
         self._require_connected()
-        session = self.session
-        code = packet.reason_code
-        if self.version == MQTT5 and session is not None:
-            new_expiry = packet.properties.session_expiry_interval
-            if new_expiry is not None:
-                if session.expiry_interval == 0 and new_expiry != 0:
-                    # [MQTT-3.14.2-2]
-                    raise ProtocolViolation(
-                        ReasonCode.PROTOCOL_ERROR, "session expiry set on DISCONNECT"
-                    )
-                session.expiry_interval = min(
-                    new_expiry, self.shard.config.max_session_expiry_interval
-                )
-        # 0x04 asks for the will; any other normal DISCONNECT discards it [MQTT-3.14.4-3]
-        self._send_will = code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        self._send_will = on_disconnect(
+            self.session, packet, self.version, self.shard.config.max_session_expiry_interval
+        )
         hook = self.shard.hooks.on_disconnect
         if hook is not None:
             h = self.handle
@@ -1156,22 +1094,10 @@ class Connection(asyncio.Protocol):
         return None
 
     def _handle_auth(self, packet: Auth) -> Coroutine[Any, Any, None] | None:
-        if self.version != MQTT5:
-            raise ProtocolViolation(ReasonCode.MALFORMED_PACKET)
-        method = packet.properties.authentication_method
-        if self.auth_method is None or method != self.auth_method:
-            # [MQTT-4.12.0-5] / [MQTT-4.12.1-1]
-            raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR, "authentication method mismatch")
-        code = packet.reason_code
-        if self.state == CONNECTING:
-            if code != ReasonCode.CONTINUE_AUTHENTICATION:
-                raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
-            return self._auth_round(packet, reauth=False)
-        if self.state == CONNECTED:
-            if code not in (ReasonCode.RE_AUTHENTICATE, ReasonCode.CONTINUE_AUTHENTICATION):
-                raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
-            return self._auth_round(packet, reauth=True)
-        raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
+        if self.state not in (CONNECTING, CONNECTED):
+            raise ProtocolViolation(ReasonCode.PROTOCOL_ERROR)
+        reauth = check_auth(packet, self.version, self.state == CONNECTED, self.auth_method)
+        return self._auth_round(packet, reauth=reauth)
 
     def _handle_unexpected(self, packet: Any) -> None:
         raise ProtocolViolation(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -37,6 +38,7 @@ from ..config import Config
 from ..hooks import Hooks
 from ..protocol.codec import encode
 from ..protocol.constants import ReasonCode
+from ..protocol.handlers.connect import server_properties
 from ..protocol.packets import Connack, Connect, Properties, Will
 from ..protocol.session import (
     NEVER_EXPIRES,
@@ -149,7 +151,7 @@ class Shard:
         self._stall_handle: asyncio.TimerHandle | None = None
         self._sys_handle: asyncio.TimerHandle | None = None
         #: session expiry and will delay, as wall-clock deadlines; one timer
-        self.clock = time.time
+        self.clock: Callable[[], float] = time.time
         #: the durable store (None: memory only); told of every state change
         self.store: Store | None = None
         self.deadlines: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
@@ -161,24 +163,8 @@ class Shard:
     # -- CONNACK -------------------------------------------------------------------
 
     def connack_properties(self) -> Properties:
-        """The CONNACK properties every v5 client gets: the real limits and
-        capabilities of this broker (spec 3.2.2.3)."""
-        cfg = self.config
-        props = Properties(maximum_packet_size=cfg.max_packet_size)
-        if cfg.receive_maximum != 65535:
-            props.receive_maximum = cfg.receive_maximum
-        if cfg.maximum_qos < 2:
-            props.maximum_qos = cfg.maximum_qos
-        if not cfg.retain_available:
-            props.retain_available = 0
-        if cfg.topic_alias_maximum:
-            props.topic_alias_maximum = cfg.topic_alias_maximum
-        # stated even when available (the default), for clients that read the
-        # property rather than assume its default
-        props.wildcard_subscription_available = int(cfg.wildcard_subscription_available)
-        props.subscription_identifier_available = int(cfg.subscription_identifier_available)
-        props.shared_subscription_available = int(cfg.shared_subscription_available)
-        return props
+        """The CONNACK properties every v5 client gets (a new object each call)."""
+        return server_properties(self.config)
 
     def connack_bytes(self, version: int, session_present: bool) -> bytes:
         key = version * 2 + session_present
@@ -424,6 +410,21 @@ class Shard:
         if nxt is not None:
             delay = max(0.0, nxt - self.clock())
             self._deadline_handle = self.loop.call_later(delay, self._deadlines_due)
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Read wall-clock time from ``clock`` from now on (a simulation's or a
+        test's clock) for session expiry, will delay and message expiry; what
+        is due by the new clock runs now, the rest is re-armed against it."""
+        self.clock = clock
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        self._deadline_at = None
+        nxt = self.deadlines.next()
+        if nxt is not None and nxt <= clock():
+            self._deadlines_due()
+        else:
+            self._rearm()
 
     def _deadlines_due(self) -> None:
         self._deadline_handle = None

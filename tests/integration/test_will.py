@@ -14,7 +14,7 @@ from typing import Any
 
 from shardmq.protocol.constants import MQTT5, ReasonCode
 from shardmq.protocol.packets import Connack, Connect, Properties, Will
-from tests.helpers import WAIT, BrokerThread, Client, RawClient, wait_for
+from tests.helpers import BrokerThread, Client, RawClient, wait_for
 
 # -- helpers --------------------------------------------------------------------
 
@@ -123,7 +123,9 @@ def test_will_delay_interval(broker, clients):
     )
     owner.connect()
     owner.drop()
-    watcher.expect_nothing(0.5)  # within the 1 s delay
+    wait_offline(broker, owner.client_id)
+    watcher.expect_nothing()  # within the 1 s delay
+    broker.advance(1.0)
     assert watcher.get().payload == b"late"
 
 
@@ -147,7 +149,8 @@ def test_will_delay_cancelled_by_reconnect(broker, clients):
     )
     flags, _, _ = again.connect()
     assert flags.session_present is True
-    watcher.expect_nothing(1.5)  # past the 1 s delay
+    broker.advance(1.5)  # past the 1 s delay, on the broker's clock
+    watcher.expect_nothing()
 
 
 def test_will_published_when_session_expires_before_delay(broker, clients):
@@ -161,7 +164,10 @@ def test_will_published_when_session_expires_before_delay(broker, clients):
     )
     owner.connect()
     owner.drop()
-    assert watcher.get(timeout=WAIT).payload == b"session over"
+    wait_offline(broker, owner.client_id)
+    watcher.expect_nothing()  # neither is due yet
+    broker.advance(1.0)  # the session's 1 s expiry, long before the 30 s delay
+    assert watcher.get().payload == b"session over"
 
 
 # -- takeover ------------------------------------------------------------------------------
@@ -206,7 +212,8 @@ def test_takeover_with_clean_start_within_delay_skips_will(broker, clients, raw_
     new = clients(broker.port, client_id="owner", clean_start=True)
     new.connect()
     assert old.closed()
-    watcher.expect_nothing(1.5)  # past the 1 s delay
+    broker.advance(1.5)  # past the 1 s delay, on the broker's clock
+    watcher.expect_nothing()
 
 
 def test_reconnect_with_clean_start_within_delay_cancels_will(broker, clients):
@@ -226,7 +233,8 @@ def test_reconnect_with_clean_start_within_delay_cancels_will(broker, clients):
     again = clients(broker.port, client_id="back-clean", clean_start=True)
     flags, _, _ = again.connect()
     assert flags.session_present is False
-    watcher.expect_nothing(1.5)  # past the 1 s delay
+    broker.advance(1.5)  # past the 1 s delay, on the broker's clock
+    watcher.expect_nothing()
 
 
 def test_takeover_resuming_session_within_delay_skips_will(broker, clients, raw_clients):
@@ -240,4 +248,5 @@ def test_takeover_resuming_session_within_delay_skips_will(broker, clients, raw_
     flags, _, _ = new.connect()
     assert flags.session_present is True
     assert old.closed()
-    watcher.expect_nothing(1.5)  # past the 1 s delay
+    broker.advance(1.5)  # past the 1 s delay, on the broker's clock
+    watcher.expect_nothing()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shardmq.protocol.connect import negotiate
 from shardmq.protocol.constants import MQTT5, MQTT311
+from shardmq.protocol.handlers.connect import negotiate
 from shardmq.protocol.session import NEVER_EXPIRES
 
 
