@@ -562,14 +562,11 @@ class RedisStore:
     def inbound_released(self, session: Session, packet_id: int) -> None:
         self._add(SREM, self._key(session.client_id, "i"), packet_id)
 
-    @staticmethod
-    def _flight_value(seq: int, out: Outbound) -> bytes:
-        """[sequence number, delivery] (``codec.pack_delivery``), in one packb."""
-        m = out.message
-        props = m.properties
-        packed = codec.pack_properties(props) if props else None
-        msg = [m.topic, m.payload, m.qos, m.retain, packed, m.expiry_at, m.origin]
-        return _packb([seq, [msg, out.qos, out.retain, out.subscription_ids]])
+    def _flight_value(self, seq: int, out: Outbound) -> bytes:
+        """[sequence number, delivery] (``codec.pack_delivery``), the message
+        packed once per batch however many sessions it is in flight to."""
+        delivery = self._delivery((out.message, out.qos, out.retain, out.subscription_ids))
+        return b"\x92" + _packb(seq) + delivery
 
     # -- writing -------------------------------------------------------------------------
 

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from shardmq.protocol.codec import Decoder, encode
-from shardmq.protocol.packets import Connack, Connect, Properties
+from shardmq.protocol.packets import (
+    Connack,
+    Connect,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+)
 from tests.helpers import WAIT, Client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +202,21 @@ def check_session(port: int, version: int) -> None:
     assert again.get().payload == b"subscription kept"
     again.disconnect()
     late.disconnect()
+
+
+def check_inbound_qos2_kept(port: int, version: int, sub: Raw, marker: str) -> None:
+    """Publisher "p1" left QoS 2 packet id 7 ("once" on q/1) PUBREC'd but not
+    released: its resend after the restart is acknowledged and not routed
+    again, so the next message ``sub`` receives is a fresh one on ``marker``."""
+    pub = Raw(port, version)
+    assert pub.connect("p1").session_present is True
+    pub.send(Publish("q/1", b"once", qos=2, packet_id=7, dup=True))
+    assert isinstance(pub.recv(), Pubrec)
+    pub.send(Pubrel(7))
+    assert isinstance(pub.recv(), Pubcomp)
+    pub.send(Publish(marker, b"after", qos=1, packet_id=10))
+    assert isinstance(pub.recv(), Puback)
+    nxt = sub.recv()
+    assert isinstance(nxt, Publish) and (nxt.topic, nxt.payload) == (marker, b"after")
+    sub.close()
+    pub.close()

@@ -31,7 +31,15 @@ from shardmq.protocol.packets import (
 )
 from tests.helpers import WAIT, Client, wait_for
 from tests.redis_server import RedisServer, redis_server_path
-from tests.storage.serve import ROOT, Raw, Serve, check_session, fill_session, persistent
+from tests.storage.serve import (
+    ROOT,
+    Raw,
+    Serve,
+    check_inbound_qos2_kept,
+    check_session,
+    fill_session,
+    persistent,
+)
 
 DEBUG = ["--log-level", "debug"] if os.environ.get("SHARDMQ_TEST_KEEP_LOGS") else []
 
@@ -117,19 +125,7 @@ def test_unacknowledged_and_inbound_qos2_survive_kill_9(
     assert isinstance(sub.recv(), Pubrel)
     sub.send(Pubcomp(first.packet_id))
     sub.send(Pubcomp(second.packet_id))
-    pub = Raw(b.port, version)
-    assert pub.connect("p1").session_present is True
-    pub.send(Publish("q/1", b"once", qos=2, packet_id=7, dup=True))
-    assert isinstance(pub.recv(), Pubrec)
-    pub.send(Pubrel(7))
-    assert isinstance(pub.recv(), Pubcomp)
-    # the resend was not routed again: the next message is the new marker
-    pub.send(Publish("q/4", b"after", qos=1, packet_id=10))
-    assert isinstance(pub.recv(), Puback)
-    nxt = sub.recv()
-    assert isinstance(nxt, Publish) and nxt.payload == b"after"
-    sub.close()
-    pub.close()
+    check_inbound_qos2_kept(b.port, version, sub, "q/4")
 
 
 def _worker_serving(b: Serve, client: Raw) -> psutil.Process:

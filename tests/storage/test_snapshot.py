@@ -15,7 +15,6 @@ from shardmq.protocol.packets import (
     Connack,
     Connect,
     Properties,
-    Puback,
     Pubcomp,
     Publish,
     Pubrec,
@@ -26,7 +25,15 @@ from shardmq.protocol.packets import (
     Will,
 )
 from tests.helpers import Client, wait_for
-from tests.storage.serve import ROOT, Raw, Serve, check_session, fill_session, persistent
+from tests.storage.serve import (
+    ROOT,
+    Raw,
+    Serve,
+    check_inbound_qos2_kept,
+    check_session,
+    fill_session,
+    persistent,
+)
 
 
 @pytest.fixture
@@ -81,19 +88,7 @@ def test_unacknowledged_and_inbound_qos2_survive_sigterm(
     sub.send(Pubrec(resent.packet_id))
     assert isinstance(sub.recv(), Pubrel)
     sub.send(Pubcomp(resent.packet_id))
-    pub = Raw(b.port, version)
-    assert pub.connect("p1").session_present is True
-    pub.send(Publish("q/1", b"once", qos=2, packet_id=7, dup=True))
-    assert isinstance(pub.recv(), Pubrec)
-    pub.send(Pubrel(7))
-    assert isinstance(pub.recv(), Pubcomp)
-    # the resend was not routed again: the next message is the marker
-    pub.send(Publish("q/2", b"marker", qos=1, packet_id=8))
-    assert isinstance(pub.recv(), Puback)
-    nxt = sub.recv()
-    assert isinstance(nxt, Publish) and nxt.payload == b"marker"
-    sub.close()
-    pub.close()
+    check_inbound_qos2_kept(b.port, version, sub, "q/2")
 
 
 def test_expiry_and_will_delay_that_pass_while_down_are_honoured(
