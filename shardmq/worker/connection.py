@@ -48,11 +48,10 @@ from ..errors import (
     HookError,
     MQTTError,
     ProtocolViolation,
-    UnsupportedProtocolVersion,
 )
 from ..hooks import ClientHandle, Continue, Success
 from ..protocol.codec import Decoder, encode, sendable_code
-from ..protocol.constants import MQTT5, MQTT311, PacketType, ReasonCode
+from ..protocol.constants import MQTT5, PacketType, ReasonCode
 from ..protocol.handlers.acks import on_puback, on_pubcomp, on_pubrec, on_pubrel
 from ..protocol.handlers.auth import check_auth
 from ..protocol.handlers.connect import check_connect, connack_properties, negotiate
@@ -86,7 +85,7 @@ from ..protocol.packets import (
     Unsubscribe,
 )
 from ..protocol.session import Message, Session
-from ..protocol.state import ConnectionState
+from ..protocol.state import ConnectionState, closing_packet
 from ..socketinfo import tcp_bytes_acked
 from ..storage.base import StoreUnavailable
 from .shard import Shard
@@ -350,29 +349,19 @@ class Connection(asyncio.Protocol):
         """End the connection because of ``err``: the one place errors map to packets."""
         if self.state == CLOSED:
             return
-        code = err.reason_code
         log.info(
             "client %s (%s): closing: %s",
             self.client_id or "-",
             self.peer[0] if self.peer else "?",
             err,
         )
-        if self.state in (AWAIT_CONNECT, CONNECTING):
-            if isinstance(err, UnsupportedProtocolVersion):
-                # [MQTT-3.1.2-2] answer in the 3.1.1 format
-                self.write(encode(Connack(False, code), MQTT311))
-            elif self.version == MQTT311 and self.state == AWAIT_CONNECT:
-                pass  # a malformed 3.1.1 CONNECT gets no CONNACK [MQTT-3.1.4-1]
-            elif self.version in (MQTT311, MQTT5):
-                props = None
-                if err.reason_string and self.version == MQTT5 and self.problem_info:
-                    props = Properties(reason_string=err.reason_string)
-                self.send(Connack(False, sendable_code(PacketType.CONNACK, code), props))
-        elif self.version == MQTT5:
-            props = None
-            if err.reason_string and self.problem_info:
-                props = Properties(reason_string=err.reason_string)
-            self.send(Disconnect(sendable_code(PacketType.DISCONNECT, code), props))
+        answer = closing_packet(err, self.state, self.version, self.problem_info)
+        if answer is not None:
+            packet, version = answer
+            if version == self.outbox.version:
+                self.send(packet)
+            else:
+                self.write(encode(packet, version))  # before the version was known
         self.close()
 
     def take_over(self) -> None:
