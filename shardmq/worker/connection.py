@@ -708,7 +708,12 @@ class Connection(asyncio.Protocol):
 
     def _window_freed(self) -> None:
         session = self.session
-        if session is not None and self.state == CONNECTED:
+        # the common case, nothing waits for the slot, reads no clock
+        if (
+            session is not None
+            and (self.outbox.unsent or session.pending)
+            and self.state == CONNECTED
+        ):
             self.outbox.window_freed(session, self.shard.clock())
 
     # -- inbound packets ---------------------------------------------------------------
