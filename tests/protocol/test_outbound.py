@@ -142,7 +142,7 @@ def test_resend_after_reconnect_sets_dup_keeps_order_and_the_new_window() -> Non
     assert isinstance(resent[1], Pubrel) and resent[1].packet_id == first[1].packet_id
     assert len(resent) == 2
     # each freed slot sends the next unsent, in order
-    on_puback(again.session, 99)  # unknown id: nothing frees
+    assert not on_puback(again.session, 99)  # an unknown id frees nothing
     again.session.end_flight(resent[0].packet_id)
     again.outbox.window_freed(again.session, T0)
     (third,) = again.received()
