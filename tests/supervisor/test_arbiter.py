@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -196,9 +198,12 @@ def test_killed_worker_is_restarted(supervisor: Callable[..., Running]) -> None:
     os.kill(old, signal.SIGKILL)
     answer = ask_until(sup.port, lambda a: a["worker"] == 0 and a["pid"] != old)
     assert answer["generation"] == 2
+    # the supervisor logs the start after fork() returns in the parent, so
+    # the new worker may answer before that line is written: wait for it
+    started = f"worker 0 (pid {answer['pid']}) started (generation 2)"
+    wait_for(lambda: started in sup.log())
     log = sup.log()
     assert f"worker 0 (pid {old}) died: killed by SIGKILL; restarting in" in log
-    assert f"worker 0 (pid {answer['pid']}) started (generation 2)" in log
     assert sup.stop() == 0
 
 
