@@ -172,6 +172,22 @@ def main() -> None:
     help=_help("store_timeout", "Seconds an acknowledgement waits for the store before 0x80."),
 )
 @click.option(
+    "--cluster/--no-cluster",
+    default=None,
+    help=_help("cluster", "Join the other nodes on the same Redis and prefix as one broker."),
+)
+@click.option(
+    "--node-id",
+    default=None,
+    help=_help("node_id", "This node's name in the cluster; none is <hostname>:<port>."),
+)
+@click.option(
+    "--node-timeout",
+    type=float,
+    default=None,
+    help=_help("node_timeout", "Seconds of silence after which a node counts as dead."),
+)
+@click.option(
     "--persistence-file",
     default=None,
     help=_help("persistence_file", "memory store: snapshot file, loaded at start."),

@@ -157,6 +157,15 @@ class Config:
     #: they are dropped and everything is rewritten once Redis is back.
     redis_backlog_limit: int = 256 * 1024 * 1024
 
+    # -- several hosts (nodes joined through Redis) --------------------------------
+    #: Join every node with the same Redis and redis_prefix into one broker.
+    #: Needs store = "redis" and an explicit redis_url.
+    cluster: bool = False
+    #: This node's name among the others; None: "<hostname>:<port>".
+    node_id: str | None = None
+    #: Seconds a node's heartbeat lives: a node silent this long is dead.
+    node_timeout: float = 10.0
+
     # -- TLS, WebSocket and other listeners ------------------------------------
     #: Extra listeners besides host:port (see ``Listener``).
     listeners: tuple[Listener, ...] = ()
@@ -218,6 +227,7 @@ _POSITIVE = frozenset(
         "shutdown_timeout",
         "redis_connect_timeout",
         "store_timeout",
+        "node_timeout",
     }
 )
 
@@ -321,6 +331,13 @@ def _check_value(name: str, value: object) -> object:
             )
     if name == "redis_prefix" and isinstance(value, str) and not value:
         raise ConfigError(name, "must not be empty")
+    # node_id becomes part of Redis keys and of the heartbeat: printable, one word
+    if (
+        name == "node_id"
+        and isinstance(value, str)
+        and (not value or not value.isprintable() or any(c.isspace() for c in value))
+    ):
+        raise ConfigError(name, f"must be a non-empty word without spaces, got {value!r}")
     if name == "app" and isinstance(value, str):
         module, _, attr = value.partition(":")
         if not module or not attr:
@@ -339,6 +356,8 @@ def _validate(config: Config) -> None:
             checked = _check_value(field.name, _check_type(field.name, value))
         if checked is not value:
             object.__setattr__(config, field.name, checked)
+    if config.cluster and config.store != "redis":
+        raise ConfigError("cluster", f'requires store = "redis" (got {config.store!r})')
     for label, listener in effective_listeners(config):
         _check_listener_files(label, listener)
 
@@ -584,10 +603,18 @@ def load_config(
     if isinstance(workers, str) and workers.strip().lower() == "auto":
         values["workers"] = resolve_workers("auto")
     try:
-        return Config(**values)  # type: ignore[arg-type]  # checked by __post_init__
+        config = Config(**values)  # type: ignore[arg-type]  # checked by __post_init__
     except ConfigError as exc:
         origin = origins.get(exc.setting) or origins.get(exc.setting.partition("[")[0])
         raise (_with_origin(exc, origin) if origin else exc) from None
+    if config.cluster and "redis_url" not in values:
+        # the default (a Redis on 127.0.0.1) would give each host a Redis of
+        # its own: several brokers that each believe they are the cluster
+        raise _with_origin(
+            ConfigError("redis_url", "must be given with cluster: the Redis every node shares"),
+            origins["cluster"],
+        )
+    return config
 
 
 def _with_origin(exc: ConfigError, origin: str) -> ConfigError:

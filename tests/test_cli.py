@@ -100,9 +100,34 @@ def test_serve_help_lists_flags_and_env_vars() -> None:
         "--sys-interval",
         "--connect-timeout",
         "--max-queued-messages",
+        "--cluster",
+        "--node-id",
+        "--node-timeout",
     ):
         assert flag in proc.stdout
     assert "SHARDMQ_PORT" in proc.stdout
+
+
+def test_cluster_without_redis_is_one_line() -> None:
+    assert_config_error(shardmq_cmd("serve", "--cluster"), "cluster")
+    line = assert_config_error(shardmq_cmd("serve", "--cluster", "--store", "redis"), "redis_url")
+    assert "--cluster" in line
+
+
+def test_cluster_flags_reach_serve() -> None:
+    got = serve_with_fake_broker(
+        "--cluster",
+        "--store",
+        "redis",
+        "--redis-url",
+        "redis://10.1.2.3:6379/0",
+        "--node-id",
+        "eu-1",
+        "--node-timeout",
+        "3",
+        env=clean_env(),
+    )
+    assert (got["cluster"], got["node_id"], got["node_timeout"]) == (True, "eu-1", 3.0)
 
 
 def test_port_out_of_range_flag() -> None:

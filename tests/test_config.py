@@ -162,6 +162,13 @@ BAD_VALUES = [
     ("redis_prefix", ""),
     ("redis_connect_timeout", 0),
     ("store_timeout", -1),
+    ("node_timeout", 0),
+    ("node_timeout", -2.0),
+    ("node_id", ""),
+    ("node_id", "two words"),
+    ("node_id", "tab\there"),
+    ("cluster", 1),
+    ("cluster", "yes"),
     ("log_level", "verbose"),
     ("max_outgoing_buffer", 0),
     ("app", "no_colon"),
@@ -209,6 +216,45 @@ def test_store_error_lists_the_stores() -> None:
     with pytest.raises(ConfigError, match="'memory', 'redis'"):
         Config(store="sqlite")
     assert Config(store="REDIS").store == "redis"
+
+
+def test_cluster_defaults() -> None:
+    config = Config()
+    assert (config.cluster, config.node_id, config.node_timeout) == (False, None, 10.0)
+
+
+def test_cluster_needs_the_redis_store() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(cluster=True)
+    assert info.value.setting == "cluster"
+    assert str(info.value) == "cluster: requires store = \"redis\" (got 'memory')"
+    with pytest.raises(ConfigError, match=r"^cluster: .*\(from --cluster\)$"):
+        load_config({"cluster": True}, env={})
+    assert Config(cluster=True, store="redis").cluster is True
+
+
+def test_cluster_needs_an_explicit_redis_url(tmp_path: Path) -> None:
+    """The default URL would give each host its own Redis: a broker that
+    believes it is a cluster of one; so with cluster the URL must be given."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"cluster": True, "store": "redis"}, env={})
+    assert info.value.setting == "redis_url"
+    assert str(info.value).endswith("(from --cluster)")
+    assert "\n" not in str(info.value)
+    url = "redis://10.0.0.5:6379/0"
+    config = load_config({"cluster": True, "store": "redis", "redis_url": url}, env={})
+    assert (config.cluster, config.redis_url) == (True, url)
+    env = {
+        "SHARDMQ_CLUSTER": "on",
+        "SHARDMQ_STORE": "redis",
+        "SHARDMQ_REDIS_URL": url,
+        "SHARDMQ_NODE_ID": "eu-1",
+        "SHARDMQ_NODE_TIMEOUT": "2.5",
+    }
+    config = load_config(env=env)
+    assert (config.cluster, config.node_id, config.node_timeout) == (True, "eu-1", 2.5)
+    path = write_toml(tmp_path, f'cluster = true\nstore = "redis"\nredis_url = "{url}"\n')
+    assert load_config(config_file=path, env={}).cluster is True
 
 
 def test_bad_redis_url_error_does_not_echo_the_password() -> None:
