@@ -16,33 +16,42 @@ shard keeps them here:
 
 A shard whose link drops is forgotten with :meth:`drop_shard`; it re-teaches
 its interest when it comes back.
+
+The same table, keyed by node id instead of shard number, holds the interest
+of the other nodes of a cluster (:class:`NodeInterest`, below): there each
+node's count of a filter is the number of its worker processes that hold it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
 from ..protocol.topics import parse_shared
 from ..routing.trie import SubscriptionTrie
 
-SharedKey = tuple[str, str, int]  # (group, filter, shard)
+#: who holds interest: a shard number (the workers of one host) or a node id
+M = TypeVar("M", bound=Hashable)
 
 
-class Interest:
+class Interest(Generic[M]):
     def __init__(self) -> None:
-        self._plain: SubscriptionTrie[int, int] = SubscriptionTrie()
-        self._shared: SubscriptionTrie[SharedKey, int] = SubscriptionTrie()
-        #: shard -> full filter -> count, to forget a shard at once
-        self.by_shard: dict[int, dict[str, int]] = {}
+        self._plain: SubscriptionTrie[M, int] = SubscriptionTrie()
+        #: keyed by (group, filter, member)
+        self._shared: SubscriptionTrie[tuple[str, str, M], int] = SubscriptionTrie()
+        #: member -> full filter -> count, to forget a member at once
+        self.by_shard: dict[M, dict[str, int]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.by_shard)
 
-    def add(self, shard: int, full_filter: str, count: int = 1) -> None:
+    def add(self, shard: M, full_filter: str, count: int = 1) -> None:
         filters = self.by_shard.setdefault(shard, {})
         new = filters.get(full_filter, 0) + count
         filters[full_filter] = new
         self._set(shard, full_filter, new)
 
-    def remove(self, shard: int, full_filter: str) -> None:
+    def remove(self, shard: M, full_filter: str) -> None:
         filters = self.by_shard.get(shard)
         if not filters or full_filter not in filters:
             return
@@ -55,17 +64,17 @@ class Interest:
             filters[full_filter] = new
         self._set(shard, full_filter, max(new, 0))
 
-    def set_full(self, shard: int, filters: list[tuple[str, int]]) -> None:
+    def set_full(self, shard: M, filters: list[tuple[str, int]]) -> None:
         self.drop_shard(shard)
         for full_filter, count in filters:
             self.add(shard, full_filter, count)
 
-    def drop_shard(self, shard: int) -> None:
+    def drop_shard(self, shard: M) -> None:
         for full_filter in list(self.by_shard.get(shard, {})):
             self._set(shard, full_filter, 0)
         self.by_shard.pop(shard, None)
 
-    def _set(self, shard: int, full_filter: str, count: int) -> None:
+    def _set(self, shard: M, full_filter: str, count: int) -> None:
         group, inner = parse_shared(full_filter)
         if group is None:
             if count:
@@ -82,19 +91,100 @@ class Interest:
     def has_shared(self) -> bool:
         return len(self._shared) > 0
 
-    def shards_for(self, topic: str) -> set[int]:
-        """Shards with a plain subscription matching ``topic``."""
-        out: set[int] = set()
+    def shards_for(self, topic: str) -> set[M]:
+        """Members (shards, or nodes) with a plain subscription matching ``topic``."""
+        out: set[M] = set()
         for subs in self._plain.match(topic):
             out.update(subs)
         return out
 
-    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[int, int]]:
+    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[M, int]]:
         """(group, filter) -> {shard: members} for every shared group matching ``topic``."""
-        out: dict[tuple[str, str], dict[int, int]] = {}
+        out: dict[tuple[str, str], dict[M, int]] = {}
         if not len(self._shared):
             return out  # no shared subscriptions elsewhere: skip the walk
         for subs in self._shared.match(topic):
             for (group, inner, shard), members in subs.items():
                 out.setdefault((group, inner), {})[shard] = members
         return out
+
+
+#: one worker process of a node: (node id, worker id)
+Process = tuple[str, int]
+
+
+class NodeInterest:
+    """The plain interest of the other nodes, kept per worker process of each.
+
+    Each process numbers its changes: an *epoch* drawn when it starts and a
+    *version* that grows by one with each filter it starts or stops holding
+    (what :meth:`apply` gets, in order). A change that does not follow the
+    last one applied (a gap, or a process restarted under a new epoch) is not
+    applied: :meth:`apply` returns False and the caller reloads the process's
+    full copy with :meth:`load`, which is ignored when it is older than what
+    was applied already. So deltas that race a reload, or a reload that races
+    deltas, converge on the newest state.
+
+    Routing asks :meth:`nodes_for`: one trie match, keyed by node.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: Interest[str] = Interest()
+        #: process -> the filters it holds
+        self.filters: dict[Process, set[str]] = {}
+        #: process -> (epoch, version) of the last change applied
+        self.versions: dict[Process, tuple[int, int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes)
+
+    def nodes_for(self, topic: str) -> set[str]:
+        return self.nodes.shards_for(topic)
+
+    def apply(self, proc: Process, epoch: int, version: int, full_filter: str, held: bool) -> bool:
+        """One change; False when it cannot be applied in order (reload ``proc``)."""
+        known = self.versions.get(proc)
+        if known is None or known[0] != epoch:
+            return False
+        if version <= known[1]:
+            return True  # applied already (a reload brought it)
+        if version != known[1] + 1:
+            return False
+        self.versions[proc] = (epoch, version)
+        self._set(proc, full_filter, held)
+        return True
+
+    def load(self, proc: Process, epoch: int, version: int, filters: Iterable[str]) -> bool:
+        """``proc``'s whole interest as of (epoch, version); False if it is older
+        than what is applied (and so ignored)."""
+        known = self.versions.get(proc)
+        if known is not None and known[0] == epoch and known[1] >= version:
+            return False
+        self.versions[proc] = (epoch, version)
+        old = self.filters.get(proc, set())
+        new = set(filters)
+        for full_filter in old - new:
+            self._set(proc, full_filter, False)
+        for full_filter in new - old:
+            self._set(proc, full_filter, True)
+        return True
+
+    def drop_process(self, proc: Process) -> None:
+        for full_filter in list(self.filters.get(proc, ())):
+            self._set(proc, full_filter, False)
+        self.filters.pop(proc, None)
+        self.versions.pop(proc, None)
+
+    def drop_node(self, node: str) -> None:
+        for proc in [p for p in self.versions.keys() | self.filters.keys() if p[0] == node]:
+            self.drop_process(proc)
+
+    def _set(self, proc: Process, full_filter: str, held: bool) -> None:
+        filters = self.filters.setdefault(proc, set())
+        if held:
+            if full_filter not in filters:
+                filters.add(full_filter)
+                self.nodes.add(proc[0], full_filter)
+        elif full_filter in filters:
+            filters.discard(full_filter)
+            self.nodes.remove(proc[0], full_filter)

@@ -165,7 +165,7 @@ class LocalFabric(Fabric):
         self.run_dir = run_dir
         self.shard: FabricShard
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.interest = Interest()
+        self.interest: Interest[int] = Interest()
         self.local_counts: dict[str, int] = {}
         #: peer -> {"ctl": link, "data": link} (outgoing)
         self.out: dict[int, dict[str, _Link]] = {}
