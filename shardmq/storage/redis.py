@@ -149,6 +149,7 @@ class RedisStore:
         connect_timeout: float = 10.0,
         store_timeout: float = 5.0,
         backlog_limit: int = 256 * 1024 * 1024,
+        node: str | None = None,
     ) -> None:
         self.url = url
         self.shown_url = mask_url(url)
@@ -191,6 +192,13 @@ class RedisStore:
         self._backlog = 0
         self._resync_needed = False
         self.resync: Callable[[], int] | None = None
+        #: called as each batch closes, to add what it should carry (the
+        #: cluster's stream entries for the loop iteration, ``cluster/streams.py``)
+        self.before_close: Callable[[], None] | None = None
+        #: cluster: the node whose session index this store keeps; nodes share
+        #: the session keys (one client id, one session) but not the indexes
+        self._index_prefix = f"{prefix}:shard" if node is None else f"{prefix}:shard:{node}"
+        self._shards_key = f"{prefix}:shards" if node is None else f"{prefix}:shards:{node}"
 
     # -- keys ------------------------------------------------------------------------
 
@@ -201,7 +209,7 @@ class RedisStore:
         return [self._key(client_id, p) for p in ("h", "sub", "q", "f", "r", "i")]
 
     def _index(self, shard: int) -> str:
-        return f"{self.prefix}:shard:{shard}"
+        return f"{self._index_prefix}:{shard}"
 
     @property
     def _retained_key(self) -> str:
@@ -289,8 +297,7 @@ class RedisStore:
             self._pinger.cancel()
         if self._starter is not None and not self._starter.done():
             self._starter.cancel()
-        if self._buf:
-            self._close_batch()
+        self._close_batch()  # what is buffered, and what before_close adds
         if self._batches:
             assert self._wake is not None
             done = self._batches[-1].future
@@ -319,7 +326,7 @@ class RedisStore:
         r = self._redis
         assert r is not None
         try:
-            shards = {int(s) for s in await r.smembers(f"{self.prefix}:shards")}
+            shards = {int(s) for s in await r.smembers(self._shards_key)}
             mine = sorted(
                 s for s in shards if s == self.shard_id or s % self.workers == self.shard_id
             )
@@ -457,7 +464,7 @@ class RedisStore:
         if session.inbound_qos2:
             self._add_many(SADD, keys[5], sorted(session.inbound_qos2), CHUNK)
         self._add(SADD, self._index(self.shard_id), cid)
-        self._add(SADD, f"{self.prefix}:shards", self.shard_id)
+        self._add(SADD, self._shards_key, self.shard_id)
 
     def _header(self, session: Session) -> bytes:
         return codec.dumps(HEADER, codec.pack_session_header(session, self.shard_id))
@@ -573,6 +580,20 @@ class RedisStore:
     def pending(self) -> bool:
         return bool(self._buf)
 
+    def append(self, command: str, key: str, *args: Any) -> None:
+        """Add a command of another kind (``XADD``, ``PEXPIRE``...) to the open
+        batch: it is written with the store's changes, in order, retried as
+        they are. It must be safe to run twice (a batch whose reply was lost
+        is written again): an ``XADD`` entry carries a number its reader
+        checks."""
+        self._add(_bulk(command), key, *args)
+
+    def schedule(self) -> None:
+        """Close the open batch at the end of this loop iteration even while it
+        is empty, so that ``before_close`` can fill it."""
+        if not self._scheduled:
+            self._schedule()
+
     def flush(self) -> asyncio.Future[None]:
         """The future of the batch that holds what is buffered now (written at
         the end of this loop iteration), or of the last batch when nothing is."""
@@ -587,6 +608,8 @@ class RedisStore:
         return _done(self._loop)
 
     def _close_batch(self) -> None:
+        if self.before_close is not None:
+            self.before_close()  # while _scheduled holds, its commands join this batch
         self._scheduled = False
         if not self._buf:
             return
