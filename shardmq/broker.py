@@ -201,8 +201,14 @@ class Broker:
         """Start listening in the running event loop (``listener_sockets``:
         pre-bound sockets of the extra listeners, by listener index)."""
         loop = asyncio.get_running_loop()
+        fabric = self.fabric
+        if fabric is None and self.config.cluster:
+            # one process, one node: the cluster layer over no other shard
+            from .cluster.node_fabric import ClusterFabric, node_link
+
+            fabric = ClusterFabric(node_link(self.config))
         shard = Shard(
-            self.config, self.hooks, loop, broker=self, shard_id=self.worker_id, fabric=self.fabric
+            self.config, self.hooks, loop, broker=self, shard_id=self.worker_id, fabric=fabric
         )
         self._shard = shard
         self._stopped = asyncio.Event()
@@ -212,8 +218,15 @@ class Broker:
         elif cfg.persistence_file:
             self._open_snapshot(shard)
         if shard.fabric.distributed:
-            # link up with the other workers before taking clients
-            await shard.fabric.start()
+            # link up with the other workers (and nodes) before taking clients
+            try:
+                await shard.fabric.start()
+            except BaseException:
+                self._shard = None
+                if shard.store is not None:
+                    await shard.store.close()
+                await shard.fabric.stop()
+                raise
         if sock is not None:
             self._server = await loop.create_server(
                 lambda: Connection(shard), sock=sock, backlog=4096
@@ -288,6 +301,7 @@ class Broker:
 
     async def _open_store(self, shard: Shard) -> None:
         # imported here: a broker without Redis does not load redis-py
+        from .cluster.nodes import node_id_of
         from .storage.base import StoreUnavailable
         from .storage.redis import RedisStore
 
@@ -300,6 +314,7 @@ class Broker:
             connect_timeout=cfg.redis_connect_timeout,
             store_timeout=cfg.store_timeout,
             backlog_limit=cfg.redis_backlog_limit,
+            node=node_id_of(cfg) if cfg.cluster else None,
         )
         try:
             await store.open()
@@ -509,7 +524,8 @@ def serve(config: Config) -> None:
 
     One worker runs in this process. Several run under a supervisor, one
     process and one shard each, sharing the listening sockets through
-    SO_REUSEPORT and linked by the local fabric.
+    SO_REUSEPORT and linked by the local fabric. With ``cluster`` the node
+    joins the others on its Redis (``cluster/node_fabric.py``).
     """
     if config.workers > 1:
         import functools
@@ -520,13 +536,21 @@ def serve(config: Config) -> None:
 
         if config.app:
             load_app(Broker(config), config.app)  # fail early, in one line
+        node_token = None
+        if config.cluster:
+            # the node's heartbeat, claimed before any worker exists: a second
+            # node under this id is refused here, in one line (cluster/nodes.py)
+            from .cluster.nodes import claim_before_fork, new_token
+
+            node_token = new_token()
+            claim_before_fork(config, node_token, config.workers)
         addresses = [(config.host, config.port)]
         # one socket per listener per worker, in start_listeners' order
         addresses += [(str(lst.host), lst.port) for _, lst in effective_listeners(config)]
         supervisor = Supervisor(
             config.workers,
             addresses,
-            functools.partial(run_worker, config=config),
+            functools.partial(run_worker, config=config, node_token=node_token),
             pin=config.pin,
             heartbeat_timeout=config.heartbeat_timeout,
             shutdown_timeout=config.shutdown_timeout,

@@ -4,8 +4,8 @@ The shard (``shardmq/worker/shard.py``) talks to other shards only through
 these methods. :class:`Fabric` is the broker with one shard: every method is
 a no-op and ``distributed`` is False, so the single-process hot path pays one
 attribute test. ``local.LocalFabric`` implements it over Unix-domain sockets
-between the workers of one host; a Redis pub/sub implementation for several
-hosts fits the same interface.
+between the workers of one host; ``node_fabric`` layers the other nodes of a
+cluster (Redis Streams, ``streams.py``) over either.
 
 Consistency the fabric gives the shard (what the tests rely on):
 
@@ -153,6 +153,10 @@ class Fabric:
 
     def flush_now(self) -> None:
         """Write queued control frames now instead of at the end of the iteration."""
+
+    def store_rewritten(self) -> None:
+        """The durable store dropped changes it could not write and rewrote this
+        shard's state whole: what the fabric kept in the store must be too."""
 
     # -- retained --------------------------------------------------------------------
 

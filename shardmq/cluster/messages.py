@@ -47,6 +47,25 @@ SYNCED = 20  # [.., token, stored (bool)]
 REPLY = frozenset({CLAIMED, SESSION, PONG})
 
 
+# -- between nodes (Redis Streams, ``streams.py``) -----------------------------------
+#
+# A stream entry is one field, ``e``: the packed header
+# [NODE_FORMAT, node id, worker id, workers, epoch, number] followed by the
+# packed frames the sending process had for that node in one loop iteration.
+# The number grows by one per entry from one process (epoch) to one node, so
+# a receiver drops an entry written twice (a batch resent after its reply was
+# lost) by its number.
+NODE_FORMAT = 1
+N_PUBLISH = 1  # [.., message]                 deliver to local plain subscribers
+N_RETAIN = 2  # [.., topic, message | None, stamp]
+N_RETAINED_FULL = 3  # [.., [[topic, message, stamp], ...]]
+N_SUB_ADD = 4  # [.., version, full filter]     the sender holds it now
+N_SUB_DEL = 5  # [.., version, full filter]     the sender no longer holds it
+N_INTEREST = 6  # [..]                          reload the sender's interest hash
+N_PING = 7  # [.., token]   answered with N_PONG once everything before it is applied
+N_PONG = 8  # [.., worker it answers, token]
+N_BYE = 9  # [..]                               the sender stops: forget its interest
+
 #: what a forwarded message keeps: topic alias and subscription identifiers
 #: are per connection, message expiry travels as time left
 FORWARDED = ("payload_format_indicator", "content_type", "response_topic", "correlation_data")

@@ -22,8 +22,10 @@ log = logging.getLogger("shardmq.worker")
 HEARTBEAT_INTERVAL = 1.0
 
 
-def run_worker(ctx: Any, config: Config) -> int:
-    """Run worker ``ctx.worker_id`` until SIGTERM/SIGINT; returns its exit code."""
+def run_worker(ctx: Any, config: Config, node_token: str | None = None) -> int:
+    """Run worker ``ctx.worker_id`` until SIGTERM/SIGINT; returns its exit code.
+    ``node_token``: with ``cluster``, the node's heartbeat token (every worker
+    refreshes the heartbeat with it, ``cluster/nodes.py``)."""
     import uvloop
 
     from ..broker import Broker, load_app
@@ -34,7 +36,13 @@ def run_worker(ctx: Any, config: Config) -> int:
     broker = Broker(config)
     broker.worker_id = ctx.worker_id
     broker.generation = ctx.generation
-    broker.fabric = LocalFabric(ctx.worker_id, ctx.workers, ctx.run_dir)
+    if config.cluster:
+        from ..cluster.node_fabric import ClusterLocalFabric, node_link
+
+        link = node_link(config, ctx.worker_id, ctx.workers, node_token)
+        broker.fabric = ClusterLocalFabric(link, ctx.worker_id, ctx.workers, ctx.run_dir)
+    else:
+        broker.fabric = LocalFabric(ctx.worker_id, ctx.workers, ctx.run_dir)
     try:
         if config.app:
             load_app(broker, config.app)

@@ -892,6 +892,7 @@ class Shard:
                 count += 1
         for _topic, msg in self.retained.items():
             store.retained_set(msg)
+        self.fabric.store_rewritten()
         return count
 
     def restore(self, state: StoredState, from_store: bool = False) -> None:

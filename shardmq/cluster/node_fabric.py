@@ -1,0 +1,167 @@
+"""The fabric of a node in a cluster: this host's shards, plus the other nodes.
+
+A cluster node is the broker it would be alone (one shard with the plain
+``Fabric``, or several linked by ``LocalFabric``) with a :class:`NodeLink`
+beside it that reaches the other nodes through Redis (``streams.py``).
+:class:`NodeFabric` is that composition, written as a layer over either
+fabric class: each of its methods does what the host fabric does, through
+``super()``, then what the link adds (``forward`` sends to the matching
+shards of this host and to the matching nodes; ``barrier`` waits for both).
+:class:`ClusterFabric` puts it over ``Fabric`` (``--workers 1``),
+:class:`ClusterLocalFabric` over ``LocalFabric`` (``--workers N``).
+
+Why a layer and not an object wrapping a host fabric: the shard reads some
+fabric attributes on every publish (``distributed``, ``remote_shared``) and
+the connection others (``fence``); as a layer, they stay plain attributes of
+one object instead of properties forwarding to another. With ``cluster``
+off none of this is loaded and the hot path is what it was; with it on, a
+publish costs one more method call and one trie match (the other nodes'
+interest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError
+from ..protocol.session import Message
+from ..storage.base import StoreUnavailable
+from ..storage.redis import RedisStore
+from .fabric import Fabric
+from .local import LocalFabric
+from .nodes import new_token, node_id_of
+from .streams import NodeLink
+
+
+def node_link(
+    config: Config, worker: int = 0, workers: int = 1, token: str | None = None
+) -> NodeLink:
+    """The link of worker ``worker`` of this node (``token``: the node's, drawn by
+    the parent of several workers; a single-process node draws its own)."""
+    return NodeLink(
+        url=config.redis_url,
+        prefix=config.redis_prefix,
+        node_id=node_id_of(config),
+        worker=worker,
+        workers=workers,
+        token=token or new_token(),
+        node_timeout=config.node_timeout,
+        store_timeout=config.store_timeout,
+    )
+
+
+class NodeFabric(Fabric):
+    """The layer (see the module docstring); ``link`` is set by the subclass."""
+
+    distributed = True
+    link: NodeLink
+    #: topic -> when its retained message was set (the newest wins everywhere)
+    retained_stamps: dict[str, float]
+
+    def _local_barrier(self) -> Awaitable[None] | None:
+        return None
+
+    def _local_stored(self) -> asyncio.Future[None] | None:
+        return None
+
+    async def start(self) -> None:
+        await super().start()
+        store = self.shard.store
+        if not isinstance(store, RedisStore):
+            raise ConfigError("cluster", 'requires store = "redis"')
+        await self.link.start(self.shard, store, self.retained_stamps)
+
+    async def stop(self) -> None:
+        await self.link.stop()
+        await super().stop()
+
+    def forward(self, message: Message) -> int:
+        return super().forward(message) + self.link.forward(message)
+
+    def subscription_added(self, full_filter: str) -> None:
+        super().subscription_added(full_filter)
+        self.link.subscription_added(full_filter)
+
+    def subscription_removed(self, full_filter: str) -> None:
+        super().subscription_removed(full_filter)
+        self.link.subscription_removed(full_filter)
+
+    def retained_changed(self, topic: str, message: Message | None) -> None:
+        # one stamp for this host's workers and the other nodes: the host
+        # fabric stamps it (LocalFabric), or we do
+        stamps = self.retained_stamps
+        stamps.pop(topic, None)
+        super().retained_changed(topic, message)
+        stamp = stamps.setdefault(topic, time.time())
+        self.link.retained_changed(topic, message, stamp)
+
+    def barrier(self) -> Awaitable[None]:
+        local = self._local_barrier()
+        nodes = self.link.barrier(local)
+        if nodes is not None:
+            return nodes
+        if local is not None:
+            return local
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def stored(self) -> asyncio.Future[None] | None:
+        local = self._local_stored()
+        nodes = self.link.stored()
+        if nodes is None:
+            return local
+        if local is None:
+            return nodes
+        return _all_of(local, nodes)
+
+    def store_rewritten(self) -> None:
+        super().store_rewritten()
+        self.link.rewritten()
+
+
+class ClusterFabric(NodeFabric):
+    """A single-process node: no other shard on this host."""
+
+    def __init__(self, link: NodeLink) -> None:
+        self.link = link
+        self.retained_stamps = {}
+
+
+class ClusterLocalFabric(NodeFabric, LocalFabric):
+    """One worker of a node with several: its host's workers over Unix sockets."""
+
+    def __init__(self, link: NodeLink, shard_id: int, workers: int, run_dir: str) -> None:
+        LocalFabric.__init__(self, shard_id, workers, run_dir)
+        self.link = link
+
+    def _local_barrier(self) -> Awaitable[None] | None:
+        return LocalFabric.barrier(self)
+
+    def _local_stored(self) -> asyncio.Future[None] | None:
+        return LocalFabric.stored(self)
+
+
+def _all_of(a: asyncio.Future[None], b: asyncio.Future[None]) -> asyncio.Future[None]:
+    """Done once ``a`` and ``b`` are; failed if either fails."""
+    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = [2]
+
+    def one(fut: asyncio.Future[Any]) -> None:
+        if out.done():
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            out.set_exception(StoreUnavailable("store unavailable"))
+            out.exception()  # retrieved here: the waiters read it themselves
+            return
+        left[0] -= 1
+        if left[0] == 0:
+            out.set_result(None)
+
+    a.add_done_callback(one)
+    b.add_done_callback(one)
+    return out

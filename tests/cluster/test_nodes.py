@@ -1,0 +1,394 @@
+"""Several nodes joined through Redis (`shardmq serve --cluster`) behave as one broker.
+
+Real `shardmq serve --store redis --cluster` subprocesses on free ports, one
+real redis-server, paho clients. Conditions are waited for with bounded polls,
+never by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import WAIT, Client, wait_for
+from tests.redis_server import RedisServer, redis_server_path
+from tests.storage.serve import ROOT, Serve, free_port
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
+
+#: small, so that a dead node is noticed within a test's patience
+NODE_TIMEOUT = 2.0
+DEBUG = ["--log-level", "debug"] if os.environ.get("SHARDMQ_TEST_KEEP_LOGS") else []
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer) -> Iterator[Nodes]:
+    made = Nodes(redis_server)
+    yield made
+    made.close()
+
+
+class Nodes:
+    """Start nodes of one cluster; every process is killed at the end."""
+
+    def __init__(self, redis_server: RedisServer) -> None:
+        self.redis = redis_server
+        self.brokers: list[Serve] = []
+        self.clients: list[Client] = []
+
+    def flags(self, node_id: str) -> list[str]:
+        return [
+            "--store",
+            "redis",
+            "--redis-url",
+            self.redis.url,
+            "--cluster",
+            "--node-id",
+            node_id,
+            "--node-timeout",
+            str(NODE_TIMEOUT),
+        ]
+
+    def start(self, node_id: str, workers: int = 1, *extra: str) -> Serve:
+        b = Serve(self.flags(node_id), workers, *extra, *DEBUG)
+        self.brokers.append(b)
+        return b.start()
+
+    def client(self, node: Serve, **kwargs: object) -> Client:
+        c = Client(node.port, **kwargs)  # type: ignore[arg-type]
+        self.clients.append(c)
+        c.connect()
+        return c
+
+    def close(self) -> None:
+        for c in self.clients:
+            try:
+                c.paho.disconnect()
+            except Exception:
+                pass
+            c.paho.loop_stop()
+        for b in self.brokers:
+            b.close()
+
+
+# -- routing -------------------------------------------------------------------------
+
+
+def cut_reader(redis_server: RedisServer, node_id: str) -> None:
+    """Close the connection node ``node_id`` reads its stream on; it reconnects
+    after a short backoff (and reads on from where it was)."""
+    r = redis_server.client()
+    name = f"shardmq:{node_id}:0:reader"
+    ids = [c["id"] for c in r.client_list() if c.get("name") == name]
+    assert ids, f"no {name} connection"
+    for client_id in ids:
+        r.client_kill_filter(_id=client_id)
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_publish_reaches_a_subscriber_on_another_node(nodes: Nodes, version: int, qos: int) -> None:
+    """What a client publishes on node a reaches a client subscribed on node b,
+    payload and (v5) properties byte-exact; the subscriber's overlapping
+    wildcard filters give it one copy carrying both subscription identifiers."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    sub = nodes.client(b, version=version)
+    if version == 5:
+        sub.subscribe("sensors/+/temp", qos=2, sub_id=3)
+        sub.subscribe("sensors/#", qos=2, sub_id=5)
+    else:
+        sub.subscribe("sensors/+/temp", qos=2)
+        sub.subscribe("sensors/#", qos=2)
+    pub = nodes.client(a, version=version)
+    payload = bytes(range(256)) + b"\x00end"
+    props = None
+    if version == 5:
+        props = {
+            "UserProperty": [("k", "v1"), ("k", "v2"), ("é", "ü")],
+            "CorrelationData": b"\x00\xffcorr\x01",
+            "ContentType": "application/x-test",
+            "PayloadFormatIndicator": 0,
+            "ResponseTopic": "replies/1",
+        }
+    rc = pub.publish("sensors/kitchen/temp", payload, qos=qos, properties=props)
+    if qos:
+        assert not rc.is_failure
+    msg = sub.get()
+    assert (msg.topic, msg.payload, msg.qos) == ("sensors/kitchen/temp", payload, qos)
+    if version == 5:
+        got = msg.properties
+        assert got.UserProperty == [("k", "v1"), ("k", "v2"), ("é", "ü")]
+        assert got.CorrelationData == b"\x00\xffcorr\x01"
+        assert got.ContentType == "application/x-test"
+        assert got.ResponseTopic == "replies/1"
+        assert sorted(got.SubscriptionIdentifier) == [3, 5]
+    sub.expect_nothing(0.3)  # one copy for the two filters
+
+
+def test_after_suback_a_publish_on_any_node_arrives(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """SUBACK waits until every node has applied the subscription: even while the
+    publisher's node is slow to read its stream (its reader was just cut), a
+    publish right after the SUBACK reaches the new subscriber."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    pub = nodes.client(a)
+    sub = nodes.client(b)
+    for i in range(3):
+        cut_reader(redis_server, "a")
+        sub.subscribe(f"vis/{i}", qos=1)
+        assert pub.publish(f"vis/{i}", b"right after", qos=1).value == 0  # not "no match"
+        assert sub.get().topic == f"vis/{i}"
+
+
+def test_no_local_is_per_client_across_nodes(nodes: Nodes) -> None:
+    """A client on a subscribed with No Local does not get its own publish; a
+    client on b subscribed to the same filter does."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    me = nodes.client(a)
+    me.subscribe("chat/room", qos=1, no_local=True)
+    other = nodes.client(b)
+    other.subscribe("chat/room", qos=1)
+    assert not me.publish("chat/room", b"hello", qos=1).is_failure
+    assert other.get().payload == b"hello"
+    me.expect_nothing(0.3)
+
+
+def test_order_per_publisher_over_1000_qos1_messages(nodes: Nodes) -> None:
+    """Two publishers on two nodes, one subscriber on a third: each publisher's
+    1,000 QoS 1 messages arrive complete and in its order."""
+    a = nodes.start("a")
+    c = nodes.start("c")
+    b = nodes.start("b")
+    sub = nodes.client(b)
+    sub.subscribe("seq/#", qos=1)
+    pubs = [nodes.client(a), nodes.client(c)]
+    n = 1000
+    infos = []
+    for i in range(n):
+        for k, pub in enumerate(pubs):
+            infos.append(pub.publish(f"seq/{k}", str(i).encode(), qos=1, wait=False))
+    for info in infos:
+        info.wait_for_publish(WAIT * 4)
+    got: dict[str, list[int]] = {"seq/0": [], "seq/1": []}
+    for _ in range(2 * n):
+        msg = sub.get()
+        got[msg.topic].append(int(msg.payload))
+    assert got == {"seq/0": list(range(n)), "seq/1": list(range(n))}
+    sub.expect_nothing(0.3)
+
+
+def test_acknowledged_messages_survive_cut_redis_connections(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """Redis closes every broker connection several times while node a publishes
+    QoS 1 messages to a subscriber on node b: b's stream reader reconnects and
+    reads on from where it was, a's batches are written again (and read once),
+    so every message a acknowledged arrives, once, in order."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    sub = nodes.client(b)
+    sub.subscribe("cut/#", qos=1)
+    pub = nodes.client(a)
+    r = redis_server.client()
+
+    def reader_ids() -> set[int]:
+        return {c["id"] for c in r.client_list() if c.get("name") == "shardmq:b:0:reader"}
+
+    before = reader_ids()
+    assert before
+    n = 2000
+    stop = threading.Event()
+
+    def cut() -> None:
+        for _ in range(6):
+            if stop.wait(0.05):
+                return
+            r.client_kill_filter(_type="normal", skipme=True)
+
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    infos = [pub.publish("cut/x", str(i).encode(), qos=1, wait=False) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(WAIT * 4)
+    stop.set()
+    cutter.join()
+    acks: dict[int, int] = {}
+    while not pub.acks.empty():
+        mid, rc, _ = pub.acks.get()
+        acks[mid] = rc.value
+    acked = {i for i, info in enumerate(infos) if acks.get(info.mid, 0x80) < 0x80}
+    assert len(acked) > n // 2
+    got = [int(m.payload) for m in sub.drain(1.0)]
+    assert got == sorted(set(got)), "out of order or twice"
+    assert acked <= set(got)
+    # the reader really was cut and came back as a new connection
+    assert "stream reader lost Redis" in b.log_text()
+    assert wait_for(lambda: reader_ids() and not reader_ids() & before)
+
+
+def test_retained_is_seen_on_every_node_after_the_puback(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """A retained message set on a is received by a new subscriber on b right
+    after a's PUBACK; cleared on a, it is gone on b after that PUBACK; a node
+    started later has it from the store."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    pub = nodes.client(a, version=version)
+    cut_reader(redis_server, "b")  # b is slow to read: the PUBACK waits for it
+    assert not pub.publish("state/door", b"open \x00\xff", qos=1, retain=True).is_failure
+    late = nodes.client(b, version=version)
+    late.subscribe("state/#", qos=1)
+    msg = late.get()
+    assert (msg.topic, msg.payload, msg.retain) == ("state/door", b"open \x00\xff", True)
+    assert not pub.publish("state/window", b"shut", qos=1, retain=True).is_failure
+    assert not pub.publish("state/door", b"", qos=1, retain=True).is_failure
+    later = nodes.client(b, version=version)
+    later.subscribe("state/#", qos=1)
+    msg = later.get()
+    assert (msg.topic, msg.payload) == ("state/window", b"shut")
+    later.expect_nothing(0.3)
+    c = nodes.start("c")
+    third = nodes.client(c, version=version)
+    third.subscribe("state/#", qos=1)
+    msg = third.get()
+    assert (msg.topic, msg.payload, msg.retain) == ("state/window", b"shut", True)
+    third.expect_nothing(0.3)
+
+
+def test_subscribers_on_every_worker_of_a_node_get_other_nodes_publishes(nodes: Nodes) -> None:
+    """Node a runs two workers; a subscriber on each of them gets what is
+    published on node b, once, and b's subscriber gets what either worker's
+    clients publish."""
+    a = nodes.start("a", 2, "--app", "tests.cluster.where_app:setup")
+    b = nodes.start("b")
+    watcher = nodes.client(a)
+    watcher.subscribe("where/#", qos=1)
+    on: dict[int, Client] = {}
+    for _ in range(60):
+        c = nodes.client(a)
+        while True:
+            msg = watcher.get()
+            if msg.topic == f"where/{c.client_id}":
+                break
+        worker = int(msg.payload)
+        if worker in on:
+            c.disconnect()
+            continue
+        on[worker] = c
+        if len(on) == 2:
+            break
+    assert sorted(on) == [0, 1], "could not land a client on each worker"
+    for c in on.values():
+        c.subscribe("fan/#", qos=1)
+    far = nodes.client(b)
+    far.subscribe("back/#", qos=1)
+    pub = nodes.client(b)
+    for i in range(10):
+        pub.publish(f"fan/{i}", str(i).encode(), qos=1)
+    for c in on.values():
+        assert [int(c.get().payload) for _ in range(10)] == list(range(10))
+        c.expect_nothing(0.3)
+    for worker, c in on.items():
+        c.publish(f"back/{worker}", b"from a", qos=1)
+    assert sorted(far.get().topic for _ in range(2)) == ["back/0", "back/1"]
+
+
+# -- membership ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_node_with_the_same_id_is_refused(nodes: Nodes, workers: int) -> None:
+    nodes.start("twin")
+    argv = [
+        sys.executable,
+        "-m",
+        "shardmq",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        *nodes.flags("twin"),
+    ]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("shardmq: error: node_id: ")
+    assert "'twin'" in lines[0]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_a_node_that_dies_is_dropped(
+    nodes: Nodes, redis_server: RedisServer, how: signal.Signals
+) -> None:
+    """Once node c is killed (no goodbye: its heartbeat expires after
+    node_timeout) or stopped, node a drops its interest: a QoS 1 publish that
+    only c's subscriber matched gets "no matching subscribers", and nothing more
+    is added to c's stream."""
+    a = nodes.start("a")
+    c = nodes.start("c")
+    sub = nodes.client(c)
+    sub.subscribe("dead/t", qos=1)
+    pub = nodes.client(a)
+    assert pub.publish("dead/t", b"alive", qos=1).value == 0
+    assert sub.get().payload == b"alive"
+    c.stop(how)
+    r = redis_server.client()
+    wait_for(
+        lambda: pub.publish("dead/t", b"?", qos=1).value == NO_MATCHING_SUBSCRIBERS,
+        timeout=NODE_TIMEOUT * 4 + WAIT,
+        interval=0.2,
+    )
+    length = r.xlen("shardmq:stream:c")
+    for _ in range(5):
+        assert pub.publish("dead/t", b"gone", qos=1).value == NO_MATCHING_SUBSCRIBERS
+    assert r.xlen("shardmq:stream:c") == length
+    assert not r.exists("shardmq:node:c")
+    wait_for(lambda: b"c" not in r.smembers("shardmq:nodes"), timeout=NODE_TIMEOUT * 2)
+    # what a node publishes still goes where it should
+    d = nodes.start("d")
+    other = nodes.client(d)
+    other.subscribe("dead/t", qos=1)
+    assert pub.publish("dead/t", b"new", qos=1).value == 0
+    assert other.get().payload == b"new"
+
+
+def test_node_keys_are_where_the_readme_says(nodes: Nodes, redis_server: RedisServer) -> None:
+    a = nodes.start("a", 2)
+    nodes.start("b")
+    sub = nodes.client(a)
+    sub.subscribe("k/+", qos=1)
+    r = redis_server.client()
+    assert r.smembers("shardmq:nodes") == {b"a", b"b"}
+    token, workers = r.get("shardmq:node:a").split()
+    assert workers == b"2" and 0 < r.pttl("shardmq:node:a") <= NODE_TIMEOUT * 1000
+    assert r.type("shardmq:stream:a") == b"stream"
+    held = {**r.hgetall("shardmq:interest:a:0"), **r.hgetall("shardmq:interest:a:1")}
+    assert held[b"k/+"] == b"1" and b"" in held
+    text = (Path(ROOT) / "README.md").read_text()
+    for key in ("P:node:<id>", "P:nodes", "P:stream:<id>", "P:interest:<id>:<worker>"):
+        assert f"`{key}`" in text
