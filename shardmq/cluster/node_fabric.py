@@ -131,6 +131,14 @@ class ClusterFabric(NodeFabric):
         self.link = link
         self.retained_stamps = {}
 
+    # called for every publish and every acknowledgement: no host fabric to ask
+
+    def forward(self, message: Message) -> int:
+        return self.link.forward(message)
+
+    def stored(self) -> asyncio.Future[None] | None:
+        return self.link.stored()
+
 
 class ClusterLocalFabric(NodeFabric, LocalFabric):
     """One worker of a node with several: its host's workers over Unix sockets."""

@@ -141,6 +141,9 @@ class NodeLink:
         #: this process's incarnation: its interest versions count from here
         self.epoch = random.getrandbits(62)
         self.interest = NodeInterest()
+        #: node -> filter -> processes holding it (the interest's own table, read
+        #: by ``forward`` so that a publish nobody elsewhere wants costs one test)
+        self._held = self.interest.nodes.by_shard
         #: the other live nodes -> their worker count
         self.live: dict[str, int] = {}
         #: this process: plain filter -> sessions holding it
@@ -387,10 +390,9 @@ class NodeLink:
 
     def forward(self, message: Message) -> int:
         """Send ``message`` once to every other node with a matching subscription."""
-        interest = self.interest
-        if not interest:
+        if not self._held:  # no other node wants anything: one dict test
             return 0
-        nodes = interest.nodes_for(message.topic)
+        nodes = self.interest.nodes_for(message.topic)
         if not nodes:
             return 0
         frame = _packb([m.N_PUBLISH, self.shard.pack_message(message, time.time())])
