@@ -82,6 +82,8 @@ class Options:
     mode: str
     host: str = "127.0.0.1"
     port: int = 1883
+    #: subscribers' port when it differs (a cluster's other node)
+    sub_port: int = 0
     protocol: int = 5
     procs: int = 0
     cpus: list[int] = field(default_factory=list)
@@ -819,16 +821,18 @@ class Generator:
         """Connect one client and wait for its CONNACK; None (and an error counted) on failure."""
         opts = self.opts
         loop = self.loop
-        client = self.new_client()
+        # subscribers may be served by another broker (a cluster node: --sub-port)
+        port = opts.sub_port if role == "s" and opts.sub_port else opts.port
+        client = self.new_client(port)
         addrs = opts.source_addrs
         try:
             async with asyncio.timeout(opts.connect_timeout):
                 if addrs:
-                    await self.connect_from(client, addrs[index % len(addrs)])
+                    await self.connect_from(client, addrs[index % len(addrs)], port)
                 else:
                     # uvloop's create_connection: half the CPU of the path above, and its
                     # transports set TCP_NODELAY.
-                    await loop.create_connection(lambda: client, opts.host, opts.port)
+                    await loop.create_connection(lambda: client, opts.host, port)
                 if isinstance(client, WsClient):
                     await client.upgraded
                 persistent = role == "s" and opts.session_expiry > 0
@@ -859,14 +863,14 @@ class Generator:
         self.connect_last = monotonic_ns()
         return client
 
-    def new_client(self) -> Client:
+    def new_client(self, port: int) -> Client:
         opts = self.opts
         v5 = opts.protocol == 5
         if opts.transport == "ws":
-            return WsClient(self.meter, v5, self.loop, opts.host, opts.port, opts.ws_path)
+            return WsClient(self.meter, v5, self.loop, opts.host, port, opts.ws_path)
         return Client(self.meter, v5, self.loop)
 
-    async def connect_from(self, client: Client, source: str) -> None:
+    async def connect_from(self, client: Client, source: str, port: int) -> None:
         """Connect from a chosen source address, the port picked by connect() itself.
 
         IP_BIND_ADDRESS_NO_PORT defers the port choice from bind() to connect(), which picks
@@ -879,7 +883,7 @@ class Generator:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
-            await self.loop.sock_connect(sock, (self.opts.host, self.opts.port))
+            await self.loop.sock_connect(sock, (self.opts.host, port))
             await self.loop.create_connection(lambda: client, sock=sock)
         except BaseException:
             if client.transport is None:
@@ -1639,6 +1643,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("connection and processes")
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=1883)
+    g.add_argument(
+        "--sub-port",
+        type=int,
+        default=0,
+        help="subscribers connect to this port (another cluster node); default --port",
+    )
     g.add_argument("--protocol", type=int, choices=(5, 4), default=5, help="MQTT 5.0 or 3.1.1")
     g.add_argument(
         "--transport",
