@@ -372,6 +372,37 @@ class RedisStore:
             await r.srem(self._index(shard), *stale)
         return out
 
+    async def load_session(self, client_id: str) -> dict[str, Any] | None:
+        """One session as this store holds it, whoever wrote it, in the hand-over
+        form (``Shard.install_session``), or None: a cluster node taking a
+        session over from another node reads it here."""
+        r = self._redis
+        assert r is not None
+        head_key, subs_key, queue_key, flight_key, released_key, inbound_key = self._keys(client_id)
+        pipe = r.pipeline(transaction=False)
+        pipe.get(head_key)
+        pipe.hgetall(subs_key)
+        pipe.hgetall(queue_key)
+        pipe.hgetall(flight_key)
+        pipe.smembers(released_key)
+        pipe.smembers(inbound_key)
+        try:
+            head, subs, queue, flight, released, inbound = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot read from Redis at {self.shown_url}: {exc}") from None
+        if head is None:
+            return None
+        body = codec.loads(head, HEADER)
+        return self._body(body, subs, queue, flight, released, inbound)
+
+    def session_released(self, client_id: str) -> None:
+        """The session went to another node, which reads it from its keys: they
+        stay; it leaves this shard's index and bookkeeping."""
+        self._add(SREM, self._index(self.shard_id), client_id)
+        self._queued.pop(client_id, None)
+        self._fkeys.pop(client_id, None)
+        self._released.pop(client_id, None)
+
     def _record(
         self,
         body: dict[str, Any],
@@ -381,6 +412,19 @@ class RedisStore:
         released: set[bytes],
         inbound: set[bytes],
     ) -> codec.SessionRecord:
+        return codec.unpack_session(self._body(body, subs, queue, flight, released, inbound))
+
+    def _body(
+        self,
+        body: dict[str, Any],
+        subs: dict[bytes, bytes],
+        queue: dict[bytes, bytes],
+        flight: dict[bytes, bytes],
+        released: set[bytes],
+        inbound: set[bytes],
+    ) -> dict[str, Any]:
+        """A stored session's keys read back as the body ``codec.unpack_session``
+        takes; this store's bookkeeping of its queue and releases set from it."""
         cid = body["cid"]
         order = sorted((int(k), v) for k, v in queue.items())
         body["subs"] = [_unpackb(v) for v in subs.values()]
@@ -389,12 +433,11 @@ class RedisStore:
         entries = sorted((_unpackb(v), int(k)) for k, v in flight.items())
         body["inflight"] = [[pid, delivery, pid in rel] for (_seq, delivery), pid in entries]
         body["qos2"] = sorted(int(p) for p in inbound)
-        rec = codec.unpack_session(body)
         self._queued[cid] = deque(seq for seq, _v in order)
         self._released[cid] = rel
         top = max([s for s, _v in order] + [s for (s, _d), _p in entries], default=0)
         self._seq = max(self._seq, top)
-        return rec
+        return body
 
     # -- events ---------------------------------------------------------------------------
 
