@@ -999,7 +999,7 @@ class Connection(asyncio.Protocol):
             applied = fabric.barrier()
             fabric.flush_now()
             return self._suback_after(applied, packet.packet_id, codes, retained)
-        if store is not None and not store.flush().done():
+        if self._journaled() and not store.flush().done():  # type: ignore[union-attr]
             # the subscription, or a change before it, is not written yet
             return self._suback_after(None, packet.packet_id, codes, retained)
         self._suback(packet.packet_id, codes, retained)
@@ -1015,10 +1015,17 @@ class Connection(asyncio.Protocol):
         if applied is not None:
             await applied
         # and once the store holds the subscription (should it fail, the
-        # subscription serves from memory and is written once the store is back)
-        await self._stored()
+        # subscription serves from memory and is written once the store is
+        # back); a session the store does not keep waits for nothing of it
+        if self._journaled():
+            await self._stored()
         if self.state == CONNECTED:
             self._suback(packet_id, codes, retained)
+
+    def _journaled(self) -> bool:
+        """This connection's session is one the store keeps."""
+        session = self.session
+        return session is not None and session.journal is not None
 
     async def _stored(self) -> None:
         store = self.shard.store
