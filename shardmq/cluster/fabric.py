@@ -58,6 +58,11 @@ class FabricShard(Protocol):
     #: sessions that left for another shard: (new owner, subscriptions, until)
     moved: dict[str, tuple[int, list[Subscription], float]]
     retained: RetainedStore[Message]
+    #: client id -> its session on this shard
+    sessions: dict[str, Session]
+    fabric: Fabric
+
+    def end_session(self, session: Session, forget: bool = True) -> None: ...
 
     def route_local(self, msg: Message) -> int: ...
 

@@ -65,6 +65,8 @@ N_INTEREST = 6  # [..]                          reload the sender's interest has
 N_PING = 7  # [.., token]   answered with N_PONG once everything before it is applied
 N_PONG = 8  # [.., worker it answers, token]
 N_BYE = 9  # [..]                               the sender stops: forget its interest
+N_TAKE = 10  # [.., worker, client id, epoch wanted, claimant's epoch, clean start]
+N_TAKEN = 11  # [.., worker, client id, claimant's epoch, found]  (owners.py)
 
 #: what a forwarded message keeps: topic alias and subscription identifiers
 #: are per connection, message expiry travels as time left

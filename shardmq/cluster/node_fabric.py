@@ -28,12 +28,13 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
-from ..protocol.session import Message
+from ..protocol.session import Message, Session
 from ..storage.base import StoreUnavailable
 from ..storage.redis import RedisStore
-from .fabric import Fabric
+from .fabric import Fabric, SessionState
 from .local import LocalFabric
 from .nodes import new_token, node_id_of
+from .owners import OwnersUnavailable
 from .streams import NodeLink
 
 
@@ -61,6 +62,8 @@ class NodeFabric(Fabric):
     link: NodeLink
     #: topic -> when its retained message was set (the newest wins everywhere)
     retained_stamps: dict[str, float]
+    #: client ids claimed on this node alone (Redis was away): the host fabric's
+    host_claims: set[str]
 
     def _local_barrier(self) -> Awaitable[None] | None:
         return None
@@ -123,6 +126,30 @@ class NodeFabric(Fabric):
         super().store_rewritten()
         self.link.rewritten()
 
+    # -- client ids: owned in the whole cluster (owners.py) ------------------------------
+
+    async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, SessionState | None]:
+        try:
+            return await self.link.owners.claim(client_id, clean_start)
+        except OwnersUnavailable:
+            # Redis is away: this node serves on, claiming on its own
+            self.host_claims.add(client_id)
+            return await super().acquire(client_id, clean_start)
+
+    def claim_done(self, client_id: str, epoch: int) -> None:
+        if not self.link.owners.settled(client_id, epoch):
+            super().claim_done(client_id, epoch)
+
+    def release(self, client_id: str, epoch: int) -> None:
+        if client_id in self.host_claims:
+            self.host_claims.discard(client_id)
+            super().release(client_id, epoch)
+        else:
+            self.link.owners.release(client_id, epoch)
+
+    def restored(self, client_id: str, session: Session) -> None:
+        self.link.owners.restored(client_id, session)
+
 
 class ClusterFabric(NodeFabric):
     """A single-process node: no other shard on this host."""
@@ -130,6 +157,7 @@ class ClusterFabric(NodeFabric):
     def __init__(self, link: NodeLink) -> None:
         self.link = link
         self.retained_stamps = {}
+        self.host_claims = set()
 
     # called for every publish and every acknowledgement: no host fabric to ask
 
@@ -146,6 +174,7 @@ class ClusterLocalFabric(NodeFabric, LocalFabric):
     def __init__(self, link: NodeLink, shard_id: int, workers: int, run_dir: str) -> None:
         LocalFabric.__init__(self, shard_id, workers, run_dir)
         self.link = link
+        self.host_claims = set()
 
     def _local_barrier(self) -> Awaitable[None] | None:
         return LocalFabric.barrier(self)

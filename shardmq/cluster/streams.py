@@ -92,6 +92,7 @@ from . import messages as m
 from .fabric import FabricShard
 from .interest import NodeInterest, Process
 from .nodes import Membership, refused
+from .owners import Owners
 
 log = logging.getLogger("shardmq.nodes")
 
@@ -179,6 +180,8 @@ class NodeLink:
         self.shard: FabricShard
         self.store: RedisStore
         self.retained_stamps: dict[str, float] = {}
+        #: the client ids this process owns in the cluster (``owners.py``)
+        self.owners = Owners(self)
 
     # -- keys ------------------------------------------------------------------------
 
@@ -253,6 +256,7 @@ class NodeLink:
             )
             self._stale.update(stale)
         self._joined = True
+        self.owners.check_restored()
         loop = self.loop
         self._tasks.append(loop.create_task(self._read(start)))
         self._tasks.append(loop.create_task(self._beat()))
@@ -291,6 +295,7 @@ class NodeLink:
         """Leave: stop reading, tell the others (``N_BYE``), drop the heartbeat.
         The store is closed before (it wrote what was buffered)."""
         self._closing = True
+        await self.owners.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -335,6 +340,13 @@ class NodeLink:
             buf = self._out[node] = bytearray()
         buf += frame
         self._wake()
+
+    def send_take(self, node: str, args: list[Any]) -> None:
+        """``N_TAKE`` to a process of ``node`` (this one's own included)."""
+        self._send(node, _packb([m.N_TAKE, *args]))
+
+    def send_taken(self, node: str, args: list[Any]) -> None:
+        self._send(node, _packb([m.N_TAKEN, *args]))
 
     def _broadcast(self, frame: bytes) -> None:
         for node in self.live:
@@ -629,7 +641,9 @@ class NodeLink:
         process sent it before, and ``local`` (this node's other workers) is
         done; None when there is no other node. The waiter is the one to
         resume first once it resolves (see ``_resolve``)."""
-        if not self.live:
+        if not self.live or not self.store.available:
+            # alone, or Redis is away: nothing to wait for (what this process
+            # sent reaches the others once Redis is back, before what follows)
             return None
         loop = self.loop
         assert loop is not None
@@ -641,8 +655,11 @@ class NodeLink:
             self._send(node, frame)
         written = self._mark_durable()  # the batch with the PINGs and all before them
         done: asyncio.Future[None] = loop.create_future()
-        self._barriers[token] = _Barrier(waiting, done, 1 if local is None else 2)
+        barrier = self._barriers[token] = _Barrier(waiting, done, 1 if local is None else 2)
         written.add_done_callback(lambda fut: self._pings_written(token, fut))
+        # Redis may have gone away with nobody noticing yet: once the store
+        # knows, a barrier whose PINGs are still unwritten waits no longer
+        barrier.timer = loop.call_later(BARRIER_TIMEOUT, self._unwritten, token)
         if local is not None:
             asyncio.ensure_future(local).add_done_callback(lambda _f: self._part_done(token))
         return done
@@ -657,11 +674,26 @@ class NodeLink:
             self._resolve(token, refused=fut)
             return
         barrier.written = True
+        if barrier.timer is not None:
+            barrier.timer.cancel()
+            barrier.timer = None
         if not barrier.waiting:
             self._answered(token)
         else:
             assert self.loop is not None
             barrier.timer = self.loop.call_later(BARRIER_TIMEOUT, self._late, token)
+
+    def _unwritten(self, token: int) -> None:
+        barrier = self._barriers.get(token)
+        if barrier is None or barrier.written:
+            return
+        if self.store.available:
+            assert self.loop is not None
+            barrier.timer = self.loop.call_later(BARRIER_TIMEOUT, self._unwritten, token)
+            return
+        barrier.timer = None
+        barrier.waiting.clear()
+        self._answered(token)
 
     def _ponged(self, token: int, proc: Process) -> None:
         barrier = self._barriers.get(token)
@@ -824,6 +856,12 @@ class NodeLink:
                     self._apply_retained(topic, packed, stamp, now)
             elif kind == m.N_INTEREST:
                 self._reload_later(proc)
+            elif kind == m.N_TAKE:
+                if frame[1] == self.worker:
+                    self.owners.on_take([node, worker, *frame[2:]])
+            elif kind == m.N_TAKEN:
+                if frame[1] == self.worker:
+                    self.owners.on_taken(frame[2], frame[3], frame[4])
             elif kind == m.N_BYE:
                 bye = True
                 self._left(proc)
