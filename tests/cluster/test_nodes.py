@@ -7,97 +7,24 @@ never by sleeping a fixed time.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.cluster.nodes import NODE_TIMEOUT, Nodes, cut_reader
 from tests.helpers import WAIT, Client, wait_for
 from tests.redis_server import RedisServer, redis_server_path
-from tests.storage.serve import ROOT, Serve, free_port
+from tests.storage.serve import ROOT, free_port
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
-
-#: small, so that a dead node is noticed within a test's patience
-NODE_TIMEOUT = 2.0
-DEBUG = ["--log-level", "debug"] if os.environ.get("SHARDMQ_TEST_KEEP_LOGS") else []
 NO_MATCHING_SUBSCRIBERS = 0x10
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def nodes(redis_server: RedisServer) -> Iterator[Nodes]:
-    made = Nodes(redis_server)
-    yield made
-    made.close()
-
-
-class Nodes:
-    """Start nodes of one cluster; every process is killed at the end."""
-
-    def __init__(self, redis_server: RedisServer) -> None:
-        self.redis = redis_server
-        self.brokers: list[Serve] = []
-        self.clients: list[Client] = []
-
-    def flags(self, node_id: str) -> list[str]:
-        return [
-            "--store",
-            "redis",
-            "--redis-url",
-            self.redis.url,
-            "--cluster",
-            "--node-id",
-            node_id,
-            "--node-timeout",
-            str(NODE_TIMEOUT),
-        ]
-
-    def start(self, node_id: str, workers: int = 1, *extra: str) -> Serve:
-        b = Serve(self.flags(node_id), workers, *extra, *DEBUG)
-        self.brokers.append(b)
-        return b.start()
-
-    def client(self, node: Serve, **kwargs: object) -> Client:
-        c = Client(node.port, **kwargs)  # type: ignore[arg-type]
-        self.clients.append(c)
-        c.connect()
-        return c
-
-    def close(self) -> None:
-        for c in self.clients:
-            try:
-                c.paho.disconnect()
-            except Exception:
-                pass
-            c.paho.loop_stop()
-        for b in self.brokers:
-            b.close()
-
-
 # -- routing -------------------------------------------------------------------------
-
-
-def cut_reader(redis_server: RedisServer, node_id: str) -> None:
-    """Close the connection node ``node_id`` reads its stream on; it reconnects
-    after a short backoff (and reads on from where it was)."""
-    r = redis_server.client()
-    name = f"shardmq:{node_id}:0:reader"
-    ids = [c["id"] for c in r.client_list() if c.get("name") == name]
-    assert ids, f"no {name} connection"
-    for client_id in ids:
-        r.client_kill_filter(_id=client_id)
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
@@ -390,5 +317,11 @@ def test_node_keys_are_where_the_readme_says(nodes: Nodes, redis_server: RedisSe
     held = {**r.hgetall("shardmq:interest:a:0"), **r.hgetall("shardmq:interest:a:1")}
     assert held[b"k/+"] == b"1" and b"" in held
     text = (Path(ROOT) / "README.md").read_text()
-    for key in ("P:node:<id>", "P:nodes", "P:stream:<id>", "P:interest:<id>:<worker>"):
+    for key in (
+        "P:node:<id>",
+        "P:nodes",
+        "P:stream:<id>",
+        "P:interest:<id>:<worker>",
+        "P:s:{<client id>}:o",
+    ):
         assert f"`{key}`" in text

@@ -1,0 +1,292 @@
+"""One owner per client id in the whole cluster (``shardmq/cluster/owners.py``).
+
+Nodes are real `shardmq serve --store redis --cluster` subprocesses sharing one
+real redis-server; clients are paho and raw sockets. A session taken over on
+another node arrives whole: subscriptions, queue, messages in flight, inbound
+QoS 2 state.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+from typing import Any
+
+import pytest
+
+from shardmq.protocol.codec import encode
+from shardmq.protocol.packets import (
+    Connack,
+    Connect,
+    Disconnect,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Subscribe,
+    Subscription,
+)
+from tests.cluster.nodes import NODE_TIMEOUT, Nodes
+from tests.cluster.test_consistency import _Conn
+from tests.helpers import WAIT, wait_for
+from tests.redis_server import RedisServer, redis_server_path
+from tests.storage.serve import Raw, check_inbound_qos2_kept, persistent
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
+
+SESSION_TAKEN_OVER = 0x8E
+
+
+def test_takeover_on_another_node_disconnects_the_old_connection(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """The same client id connecting to node b while connected to node a: the
+    connection on a is told DISCONNECT 0x8E (3.1.1: closed), the one on b has
+    the session (session present) with its subscription, wherever the
+    publisher is; the owner record names b's worker."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    old = persistent(a.port, "mover", version)
+    nodes.clients.append(old)
+    old.connect()
+    old.subscribe("mv/#", qos=1)
+    new = persistent(b.port, "mover", version)
+    nodes.clients.append(new)
+    flags, _, _ = new.connect()
+    assert flags.session_present is True
+    rc, _props = old.disconnects.get(timeout=WAIT)
+    if version == 5:
+        assert rc == SESSION_TAKEN_OVER
+    pub = nodes.client(a, version=version)
+    assert pub.publish("mv/1", b"to the new owner", qos=1).value == 0
+    assert new.get().payload == b"to the new owner"
+    owner = redis_server.client().hgetall("shardmq:s:{mover}:o")
+    assert owner[b"o"] == b"b/0" and int(owner[b"e"]) == 2
+    assert old.messages.empty()
+
+
+def test_queued_messages_follow_the_session_to_another_node(nodes: Nodes, version: int) -> None:
+    """Offline on node a with QoS 1 and 2 messages queued; reconnecting on node
+    b delivers both (read from the store), once, and the subscription routes
+    there from then on."""
+    a = nodes.start("a")
+    b = nodes.start("b", 2)
+    first = persistent(a.port, "keeper", version)
+    first.connect()
+    first.subscribe("keep/#", qos=2)
+    first.disconnect()
+    pub = nodes.client(a, version=version)
+    assert pub.publish("keep/a", b"queued 1", qos=1).value == 0
+    assert pub.publish("keep/b", b"queued 2", qos=2).value == 0
+    again = persistent(b.port, "keeper", version)
+    nodes.clients.append(again)
+    flags, _, _ = again.connect()
+    assert flags.session_present is True
+    got = sorted((m.topic, m.payload, m.qos) for m in (again.get(), again.get()))
+    assert got == [("keep/a", b"queued 1", 1), ("keep/b", b"queued 2", 2)]
+    assert pub.publish("keep/c", b"after the move", qos=1).value == 0
+    assert again.get().payload == b"after the move"
+    again.expect_nothing(0.3)  # nothing twice
+
+
+def test_inflight_and_inbound_qos2_state_move_between_nodes(nodes: Nodes, version: int) -> None:
+    """A QoS 2 delivery the subscriber received but did not PUBREC is resent
+    with DUP, same packet id, after it reconnects on the other node; a QoS 2
+    PUBLISH its publisher had PUBREC'd on node a and resends on node b is not
+    routed a second time."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    sub = Raw(a.port, version)
+    sub.connect("s1")
+    sub.send(Subscribe(1, [Subscription("q/#", qos=2)]))
+    sub.recv()  # SUBACK
+    pub = Raw(a.port, version)
+    pub.connect("p1")
+    pub.send(Publish("q/1", b"once", qos=2, packet_id=7))
+    assert isinstance(pub.recv(), Pubrec)
+    got = sub.recv()
+    assert isinstance(got, Publish) and got.payload == b"once" and not got.dup
+    pid = got.packet_id
+    sub.close()  # no PUBREC
+    pub.close()  # no PUBREL
+    again = Raw(b.port, version)
+    assert again.connect("s1").session_present is True
+    resent = again.recv()
+    assert isinstance(resent, Publish)
+    assert (resent.packet_id, resent.dup, resent.payload) == (pid, True, b"once")
+    again.send(Pubrec(pid))
+    assert isinstance(again.recv(), Pubrel)
+    again.send(Pubcomp(pid))
+    check_inbound_qos2_kept(b.port, version, again, "q/marker")
+
+
+def test_takeover_storm_over_nodes_ends_with_exactly_one_connection(nodes: Nodes) -> None:
+    """20 CONNECTs with one client id (Clean Start 0), spread over three nodes
+    (one with two workers), sent as close together as one thread can: exactly
+    one connection is left, it has the session, and a QoS 1 message to the
+    session's subscription published on another node arrives there once."""
+    a = nodes.start("a")
+    b = nodes.start("b", 2)
+    c = nodes.start("c")
+    cid = "storm"
+    first = persistent(a.port, cid, 5)
+    first.connect()
+    first.subscribe("storm/t", qos=1)
+    first.disconnect()
+    ports = [a.port, b.port, c.port]
+    conns = [_Conn(ports[n % 3]) for n in range(20)]
+    props = Properties(session_expiry_interval=60)
+    connect = encode(Connect(cid, clean_start=False, properties=props), 5)
+    for conn in conns:
+        conn.sock.send(connect)
+    sel = selectors.DefaultSelector()
+    for conn in conns:
+        sel.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def settled() -> bool:
+        for key, _ in sel.select(timeout=0.05):
+            conn = key.data
+            conn.read()
+            if conn.closed:
+                sel.unregister(conn.sock)
+        return sum(not c.closed for c in conns) <= 1 and all(c.packets or c.closed for c in conns)
+
+    def states() -> list[Any]:
+        return [(c.closed, [(type(p).__name__, p.reason_code) for p in c.packets]) for c in conns]
+
+    try:
+        wait_for(settled, timeout=30, interval=0)
+    except AssertionError:
+        raise AssertionError(f"not settled: {states()}") from None
+    live = [c for c in conns if not c.closed]
+    assert len(live) == 1, f"{len(live)} connections survived the storm: {states()}"
+    (survivor,) = live
+    acks = [p for p in survivor.packets if isinstance(p, Connack)]
+    assert len(acks) == 1 and acks[0].reason_code == 0 and acks[0].session_present is True
+    for conn in conns:
+        if conn is not survivor:
+            kinds = [(type(p).__name__, p.reason_code) for p in conn.packets]
+            assert kinds in (
+                [("Connack", 0), ("Disconnect", SESSION_TAKEN_OVER)],
+                [("Connack", 0)],
+            ) or (len(kinds) == 1 and kinds[0][0] == "Connack" and kinds[0][1] >= 0x80), kinds
+    port = survivor.sock.getpeername()[1]
+    other = next(p for p in ports if p != port)
+    pub = nodes.client(next(n for n in nodes.brokers if n.port == other))
+    assert pub.publish("storm/t", b"once", qos=1).value == 0
+    survivor.sock.setblocking(True)
+    got: list[Any] = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        survivor.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = survivor.sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        for pkt in survivor.decoder.feed(data):
+            got.append(pkt)
+            if isinstance(pkt, Publish) and pkt.qos == 1:
+                survivor.sock.sendall(encode(Puback(pkt.packet_id), 5))
+    pubs = [p for p in got if isinstance(p, Publish)]
+    assert [(p.topic, p.payload) for p in pubs] == [("storm/t", b"once")], got
+    assert not any(isinstance(p, Disconnect) for p in got)
+    sel.close()
+    for conn in conns:
+        conn.sock.close()
+
+
+def test_a_dead_nodes_session_resumes_on_another_node(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """Node a is killed (no goodbye) while holding an offline session with a
+    queued message; the client reconnecting to node b gets the session and the
+    message (b asks a, which does not answer within node_timeout, then reads
+    the session from the store)."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    first = persistent(a.port, "orphan", version)
+    first.connect()
+    first.subscribe("orph/#", qos=1)
+    first.disconnect()
+    pub = nodes.client(b, version=version)
+    assert pub.publish("orph/1", b"kept", qos=1).value == 0
+    r = redis_server.client()
+    wait_for(lambda: r.hlen("shardmq:s:{orphan}:q") == 1)  # queued by a, in the store
+    a.stop(9)
+    again = persistent(b.port, "orphan", version)
+    nodes.clients.append(again)
+    flags, _, _ = again.connect()
+    assert flags.session_present is True
+    assert again.get().payload == b"kept"
+
+
+def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """Node a holds a persistent session and is killed; the client resumes it
+    on node b; when a starts again it does not restore that session (its owner
+    record names b): a message to it arrives once, on b."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    first = persistent(a.port, "fenced", 5)
+    first.connect()
+    first.subscribe("fen/#", qos=1)
+    first.disconnect()
+    a.stop(9)
+    again = persistent(b.port, "fenced", 5)
+    nodes.clients.append(again)
+    assert again.connect()[0].session_present is True
+    r = redis_server.client()
+    wait_for(lambda: not r.exists("shardmq:node:a"), timeout=NODE_TIMEOUT * 3)
+    a2 = nodes.start("a")
+    wait_for(lambda: "owned by another process now" in a2.log_text(), timeout=WAIT)
+    pub = nodes.client(a2)
+    assert pub.publish("fen/x", b"one copy", qos=1).value == 0
+    assert again.get().payload == b"one copy"
+    again.expect_nothing(0.3)
+    assert r.hget("shardmq:s:{fenced}:o", "o") == b"b/0"
+
+
+def test_a_session_that_ends_clears_its_owner(nodes: Nodes, redis_server: RedisServer) -> None:
+    """A clean session's owner record names no one once it closes, so the next
+    claim of the id asks no node."""
+    a = nodes.start("a")
+    c = nodes.client(a, client_id="brief")
+    r = redis_server.client()
+    assert r.hget("shardmq:s:{brief}:o", "o") == b"a/0"
+    c.disconnect()
+    wait_for(lambda: r.hget("shardmq:s:{brief}:o", "o") is None, timeout=WAIT)
+    assert r.hget("shardmq:s:{brief}:o", "e") == b"1"
+
+
+def test_nodes_serve_their_own_clients_while_redis_is_away(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """Redis stops: node a still accepts clients (their client ids claimed on a
+    alone) and routes between them; once Redis is back, a publish on node b
+    reaches a's subscriber again; neither node exits; the outage of the claims
+    is logged once."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    redis_server.stop()
+    wait_for(lambda: "unavailable" in a.log_text())  # the store's ping noticed
+    sub = nodes.client(a, client_id="during")
+    sub.subscribe("out/#", qos=0)
+    pub = nodes.client(a)
+    pub.publish("out/local", b"same node")
+    assert sub.get().payload == b"same node"
+    redis_server.start()
+    remote = nodes.client(b)
+
+    def crosses() -> bool:
+        remote.publish("out/remote", b"across")
+        return any(m.payload == b"across" for m in sub.drain(0.2))
+
+    wait_for(crosses, timeout=WAIT * 3, interval=0.2)
+    assert a.proc is not None and a.proc.poll() is None
+    assert b.proc is not None and b.proc.poll() is None
+    assert a.log_text().count("client ids claimed on this node alone") == 1
