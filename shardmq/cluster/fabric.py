@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from ..protocol.session import Message, Session, Subscription
 from ..routing.retained import RetainedStore
-from ..storage.base import Store
+from ..storage.base import Store, StoredState
 
 #: a session as handed between shards (``storage.codec.pack_session`` and the
 #: move's dedupe marks): a msgpack body
@@ -63,6 +63,8 @@ class FabricShard(Protocol):
     fabric: Fabric
 
     def end_session(self, session: Session, forget: bool = True) -> None: ...
+
+    def restore(self, state: StoredState, from_store: bool = False) -> None: ...
 
     def route_local(self, msg: Message) -> int: ...
 

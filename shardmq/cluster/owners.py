@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol.session import Session
 from ..storage.base import StoreUnavailable
+from .reaper import reap
 
 if TYPE_CHECKING:
     from .streams import NodeLink
@@ -117,6 +118,8 @@ class Owners:
         self.answers: dict[tuple[str, int], asyncio.Future[bool]] = {}
         #: sessions restored at start, not yet checked against their records
         self.unverified: dict[str, Session] = {}
+        #: a dead node's sessions being installed here -> their epochs
+        self.adopting: dict[str, int] = {}
         #: client id -> CLAIMs of ours sent whose replies are not read yet
         self.unanswered: dict[str, int] = {}
         #: TAKEs that may want such a claim, and claims waiting for one
@@ -314,6 +317,11 @@ class Owners:
             pass  # the next claim asks us, and we answer that we hold nothing
 
     def restored(self, client_id: str, session: Session) -> None:
+        epoch = self.adopting.pop(client_id, None)
+        if epoch is not None:  # a dead node's, moved here by reaper.py
+            self.owned[client_id] = epoch
+            session.epoch = epoch
+            return
         self.unverified[client_id] = session
         if self.link._joined:
             self.check_restored()
@@ -337,6 +345,20 @@ class Owners:
                     delay = min(delay * 2, 2.0)
         finally:
             self._verifying = None
+
+    def node_lost(self, node: str) -> None:
+        """Node ``node`` is dead: adopt its sessions if this process gets its lock."""
+        task = asyncio.ensure_future(self._reap(node))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self, node: str) -> None:
+        try:
+            await reap(self.link, node)
+        except Exception as exc:
+            log.error(
+                "node %s: sessions of dead node %s not adopted: %s", self.link.node_id, node, exc
+            )
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

@@ -522,6 +522,8 @@ class NodeLink:
         self.live.pop(node, None)
         self._leaving.pop(node, None)
         self.interest.drop_node(node)
+        if not self._closing:
+            self.owners.node_lost(node)
         self._out.pop(node, None)
         for proc in [p for p in self._seen if p[0] == node]:
             del self._seen[proc]

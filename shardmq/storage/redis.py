@@ -395,6 +395,27 @@ class RedisStore:
         body = codec.loads(head, HEADER)
         return self._body(body, subs, queue, flight, released, inbound)
 
+    async def session_ids_of(self, node: str) -> list[tuple[int, str]]:
+        """(shard, client id) of every session node ``node`` indexed: what the
+        survivor adopting a dead node's sessions reads."""
+        r = self._redis
+        assert r is not None
+        shards = sorted(int(s) for s in await r.smembers(f"{self.prefix}:shards:{node}"))
+        out: list[tuple[int, str]] = []
+        for shard in shards:
+            for cid in await r.smembers(f"{self.prefix}:shard:{node}:{shard}"):
+                out.append((shard, _text(cid)))
+        return out
+
+    async def forget_index_of(self, node: str, ids: list[tuple[int, str]]) -> None:
+        """Drop ``ids`` from node ``node``'s index (its sessions moved elsewhere)."""
+        r = self._redis
+        assert r is not None
+        pipe = r.pipeline(transaction=False)
+        for shard, cid in ids:
+            pipe.srem(f"{self.prefix}:shard:{node}:{shard}", cid)
+        await pipe.execute()
+
     def session_released(self, client_id: str) -> None:
         """The session went to another node, which reads it from its keys: they
         stay; it leaves this shard's index and bookkeeping."""
