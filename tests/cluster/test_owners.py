@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
 
 from shardmq.protocol.codec import encode
 from shardmq.protocol.packets import (
@@ -30,7 +31,7 @@ from shardmq.protocol.packets import (
 )
 from tests.cluster.nodes import NODE_TIMEOUT, Nodes
 from tests.cluster.test_consistency import _Conn
-from tests.helpers import WAIT, wait_for
+from tests.helpers import WAIT, make_props, wait_for
 from tests.redis_server import RedisServer, redis_server_path
 from tests.storage.serve import Raw, check_inbound_qos2_kept, persistent
 
@@ -228,8 +229,10 @@ def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
     nodes: Nodes, redis_server: RedisServer
 ) -> None:
     """Node a holds a persistent session and is killed; the client resumes it
-    on node b; when a starts again it does not restore that session (its owner
-    record names b): a message to it arrives once, on b."""
+    on node b, and b is killed too before anyone reaped a. When a starts
+    again it does not keep that session (its owner record names b); when b
+    starts again it does: a message to the session then arrives once, on the
+    client that reconnects through a."""
     a = nodes.start("a")
     b = nodes.start("b")
     first = persistent(a.port, "fenced", 5)
@@ -238,17 +241,26 @@ def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
     first.disconnect()
     a.stop(9)
     again = persistent(b.port, "fenced", 5)
-    nodes.clients.append(again)
     assert again.connect()[0].session_present is True
+    again.paho.loop_stop()
+    b.stop(9)
     r = redis_server.client()
-    wait_for(lambda: not r.exists("shardmq:node:a"), timeout=NODE_TIMEOUT * 3)
+    wait_for(
+        lambda: not r.exists("shardmq:node:a") and not r.exists("shardmq:node:b"),
+        timeout=NODE_TIMEOUT * 3,
+    )
     a2 = nodes.start("a")
     wait_for(lambda: "owned by another process now" in a2.log_text(), timeout=WAIT)
-    pub = nodes.client(a2)
-    assert pub.publish("fen/x", b"one copy", qos=1).value == 0
-    assert again.get().payload == b"one copy"
-    again.expect_nothing(0.3)
+    b2 = nodes.start("b")
     assert r.hget("shardmq:s:{fenced}:o", "o") == b"b/0"
+    back = persistent(a2.port, "fenced", 5)
+    nodes.clients.append(back)
+    assert back.connect()[0].session_present is True
+    pub = nodes.client(b2)
+    assert pub.publish("fen/x", b"one copy", qos=1).value == 0
+    assert back.get().payload == b"one copy"
+    back.expect_nothing(0.3)
+    assert r.hget("shardmq:s:{fenced}:o", "o") == b"a/0"
 
 
 def test_a_session_that_ends_clears_its_owner(nodes: Nodes, redis_server: RedisServer) -> None:
@@ -290,3 +302,63 @@ def test_nodes_serve_their_own_clients_while_redis_is_away(
     assert a.proc is not None and a.proc.poll() is None
     assert b.proc is not None and b.proc.poll() is None
     assert a.log_text().count("client ids claimed on this node alone") == 1
+
+
+def test_a_dead_nodes_will_is_published_by_a_survivor(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """A client with a will (no delay) and a persistent session is connected to
+    node a when a is killed: once a's heartbeat expires, one survivor adopts
+    its session and publishes the will (to a subscriber on node b, once); a
+    message published afterwards is queued for the session on the survivor,
+    and the client gets it when it reconnects to node c."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    c = nodes.start("c")
+    watcher = nodes.client(b, version=version)
+    watcher.subscribe("wills/#", qos=1)
+    dying = persistent(a.port, "dying", version)
+    dying.paho.will_set("wills/dying", b"gone", 1, False)
+    dying.connect()
+    dying.subscribe("dy/#", qos=1)
+    dying.paho.loop_stop()
+    a.stop(9)
+    will = watcher.get(timeout=NODE_TIMEOUT * 4 + WAIT)
+    assert (will.topic, will.payload) == ("wills/dying", b"gone")
+    watcher.expect_nothing(0.5)  # one survivor, one will
+    r = redis_server.client()
+    wait_for(lambda: r.hget("shardmq:s:{dying}:o", "o") in (b"b/0", b"c/0"))
+    logs = b.log_text() + c.log_text()
+    assert logs.count("node a is dead: 1 of its 1 sessions adopted here") == 1
+    pub = nodes.client(b, version=version)
+    assert pub.publish("dy/1", b"while away", qos=1).value == 0
+    again = persistent(c.port, "dying", version)
+    nodes.clients.append(again)
+    assert again.connect()[0].session_present is True
+    assert again.get().payload == b"while away"
+
+
+def test_a_dead_nodes_delayed_will_waits_and_a_reconnect_cancels_it(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """A will with a 300 s delay on a session of killed node a: the survivor
+    adopts the session without publishing it, and the client reconnecting on
+    node b within the delay gets its session; the will is never sent."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    watcher = nodes.client(b)
+    watcher.subscribe("wills/#", qos=1)
+    late = persistent(a.port, "late", 5)
+    late.paho.will_set("wills/late", b"late", 1, False, properties=_will_delay(300))
+    late.connect()
+    late.paho.loop_stop()
+    a.stop(9)
+    wait_for(lambda: "sessions adopted here" in b.log_text(), timeout=NODE_TIMEOUT * 4 + WAIT)
+    again = persistent(b.port, "late", 5)
+    nodes.clients.append(again)
+    assert again.connect()[0].session_present is True
+    watcher.expect_nothing(0.5)
+
+
+def _will_delay(seconds: int) -> Any:
+    return make_props(PacketTypes.WILLMESSAGE, {"WillDelayInterval": seconds})
