@@ -24,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
 from ..protocol.session import Message, Session
-from ..storage.base import StoreUnavailable
+from ..storage.base import all_done
 from ..storage.redis import RedisStore
 from .fabric import Fabric, SessionState
 from .local import LocalFabric
@@ -120,7 +119,7 @@ class NodeFabric(Fabric):
             return local
         if local is None:
             return nodes
-        return _all_of(local, nodes)
+        return all_done(local, nodes)
 
     def store_rewritten(self) -> None:
         super().store_rewritten()
@@ -181,24 +180,3 @@ class ClusterLocalFabric(NodeFabric, LocalFabric):
 
     def _local_stored(self) -> asyncio.Future[None] | None:
         return LocalFabric.stored(self)
-
-
-def _all_of(a: asyncio.Future[None], b: asyncio.Future[None]) -> asyncio.Future[None]:
-    """Done once ``a`` and ``b`` are; failed if either fails."""
-    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    left = [2]
-
-    def one(fut: asyncio.Future[Any]) -> None:
-        if out.done():
-            return
-        if fut.cancelled() or fut.exception() is not None:
-            out.set_exception(StoreUnavailable("store unavailable"))
-            out.exception()  # retrieved here: the waiters read it themselves
-            return
-        left[0] -= 1
-        if left[0] == 0:
-            out.set_result(None)
-
-    a.add_done_callback(one)
-    b.add_done_callback(one)
-    return out

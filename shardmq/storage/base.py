@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..protocol.session import Message, Session, SessionJournal, Subscription
 from .codec import SessionRecord
@@ -83,3 +83,25 @@ class Store(SessionJournal, Protocol):
 
     def flush(self) -> asyncio.Future[None]:
         """Write what is buffered; completes once it is written."""
+
+
+def all_done(a: asyncio.Future[Any], b: asyncio.Future[Any]) -> asyncio.Future[None]:
+    """A future done once ``a`` and ``b`` are; it fails (StoreUnavailable) if either
+    fails or is cancelled: what an acknowledgement waiting on two writes awaits."""
+    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = [2]
+
+    def one(fut: asyncio.Future[Any]) -> None:
+        if out.done():
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            out.set_exception(StoreUnavailable("store unavailable"))
+            out.exception()  # retrieved here: the waiters read it themselves
+            return
+        left[0] -= 1
+        if left[0] == 0:
+            out.set_result(None)
+
+    a.add_done_callback(one)
+    b.add_done_callback(one)
+    return out

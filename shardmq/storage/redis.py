@@ -420,6 +420,10 @@ class RedisStore:
         """The session went to another node, which reads it from its keys: they
         stay; it leaves this shard's index and bookkeeping."""
         self._add(SREM, self._index(self.shard_id), client_id)
+        self._forget(client_id)
+
+    def _forget(self, client_id: str) -> None:
+        """This store's bookkeeping of a session it writes no more."""
         self._queued.pop(client_id, None)
         self._fkeys.pop(client_id, None)
         self._released.pop(client_id, None)
@@ -544,9 +548,7 @@ class RedisStore:
         keys = self._keys(client_id)
         self._add(DEL, keys[0], *keys[1:])
         self._add(SREM, self._index(self.shard_id), client_id)
-        self._queued.pop(client_id, None)
-        self._fkeys.pop(client_id, None)
-        self._released.pop(client_id, None)
+        self._forget(client_id)
 
     def subscription_added(self, session: Session, full_filter: str, sub: Subscription) -> None:
         rec = [

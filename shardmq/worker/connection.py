@@ -87,7 +87,7 @@ from ..protocol.packets import (
 from ..protocol.session import Message, Session
 from ..protocol.state import ConnectionState, closing_packet
 from ..socketinfo import tcp_bytes_acked
-from ..storage.base import StoreUnavailable
+from ..storage.base import StoreUnavailable, all_done
 from .shard import Shard
 
 log = logging.getLogger("shardmq.connection")
@@ -827,7 +827,7 @@ class Connection(asyncio.Protocol):
         local = store.flush() if store.pending() else None
         written: asyncio.Future[None]
         if local is not None and remote is not None:
-            written = _both(local, remote)
+            written = all_done(local, remote)
         elif local is not None:
             written = local
         elif remote is not None:
@@ -1136,25 +1136,3 @@ _HANDLERS: dict[int, Any] = {
     PacketType.UNSUBACK: Connection._handle_unexpected,
     PacketType.PINGRESP: Connection._handle_unexpected,
 }
-
-
-def _both(a: Any, b: Any) -> asyncio.Future[None]:
-    """A future done once ``a`` and ``b`` are; it fails if either fails."""
-    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    left = [2]
-
-    def one(fut: Any) -> None:
-        if out.done():
-            return
-        failed = fut.cancelled() or fut.exception() is not None
-        if failed:
-            out.set_exception(StoreUnavailable("store unavailable"))
-            out.exception()
-            return
-        left[0] -= 1
-        if left[0] == 0:
-            out.set_result(None)
-
-    a.add_done_callback(one)
-    b.add_done_callback(one)
-    return out
