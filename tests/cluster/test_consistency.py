@@ -10,7 +10,6 @@ waiting for SUBACK, gets its reply.
 
 from __future__ import annotations
 
-import selectors
 import socket
 import struct
 import time
@@ -21,15 +20,12 @@ import pytest
 
 from shardmq.protocol.codec import Decoder, encode
 from shardmq.protocol.packets import (
-    Connack,
     Connect,
-    Disconnect,
-    Properties,
-    Puback,
     Publish,
     Subscribe,
     Subscription,
 )
+from tests.cluster.storm import close_all, received, storm, survivor_of
 from tests.cluster.test_workers import Cluster
 from tests.helpers import WAIT, Client, wait_for
 
@@ -45,27 +41,6 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 # -- takeover storm ---------------------------------------------------------------
 
 
-class _Conn:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        self.sock.setblocking(False)
-        self.decoder = Decoder(server=False, version=5)
-        self.packets: list[Any] = []
-        self.closed = False
-
-    def read(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self.packets.extend(self.decoder.feed(data))
-
-
 def test_takeover_storm_ends_with_exactly_one_connection(cluster: Cluster) -> None:
     """[MQTT-3.1.4-3]: 50 concurrent CONNECTs with one client id (Clean Start 0,
     session expiry 60) end with exactly one live connection, the last one
@@ -78,65 +53,13 @@ def test_takeover_storm_ends_with_exactly_one_connection(cluster: Cluster) -> No
     first.subscribe("storm/t", qos=1)
     first.disconnect()
 
-    props = Properties(session_expiry_interval=60)
-    conns = [_Conn(cluster.port) for _ in range(50)]
-    connect = encode(Connect(cid, clean_start=False, properties=props), 5)
-    for c in conns:  # as close together as one thread can send them
-        c.sock.send(connect)
-
-    sel = selectors.DefaultSelector()
-    for c in conns:
-        sel.register(c.sock, selectors.EVENT_READ, c)
-
-    def settled() -> bool:
-        for key, _ in sel.select(timeout=0.05):
-            conn = key.data
-            conn.read()
-            if conn.closed:
-                sel.unregister(conn.sock)
-        return sum(not c.closed for c in conns) <= 1
-
-    wait_for(settled, timeout=30, interval=0)
-    live = [c for c in conns if not c.closed]
-    assert len(live) == 1, f"{len(live)} connections survived the storm"
-    (survivor,) = live
-    acks = [p for p in survivor.packets if isinstance(p, Connack)]
-    assert len(acks) == 1 and acks[0].reason_code == 0
-    assert acks[0].session_present is True
-    # the others: accepted then taken over, or refused; never left hanging
-    for c in conns:
-        if c is survivor:
-            continue
-        kinds = [(type(p).__name__, p.reason_code) for p in c.packets]
-        assert kinds in ([("Connack", 0), ("Disconnect", 0x8E)], [("Connack", 0)]) or (
-            len(kinds) == 1 and kinds[0][0] == "Connack" and kinds[0][1] >= 0x80
-        ), kinds
-
+    conns = storm([cluster.port], cid, 50)
     pub = cluster.client()
     pub.connect()
     pub.publish("storm/t", b"once", qos=1)
-    survivor.sock.setblocking(True)
-    survivor.sock.settimeout(WAIT)
-    got: list[Any] = []
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        try:
-            data = survivor.sock.recv(65536)
-        except TimeoutError:
-            break
-        if not data:
-            break
-        for pkt in survivor.decoder.feed(data):
-            got.append(pkt)
-            if isinstance(pkt, Publish) and pkt.qos == 1:
-                survivor.sock.sendall(encode(Puback(pkt.packet_id), 5))
-        survivor.sock.settimeout(max(0.01, deadline - time.monotonic()))
-    pubs = [p for p in got if isinstance(p, Publish)]
-    assert [(p.topic, p.payload) for p in pubs] == [("storm/t", b"once")], got
-    assert not any(isinstance(p, Disconnect) for p in got)
-    sel.close()
-    for c in conns:
-        c.sock.close()
+    pubs = received(survivor_of(conns))
+    assert [(p.topic, p.payload) for p in pubs] == [("storm/t", b"once")], pubs
+    close_all(conns)
 
 
 # -- QoS 2 exactly once while sessions move ------------------------------------------

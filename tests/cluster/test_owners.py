@@ -8,20 +8,12 @@ QoS 2 state.
 
 from __future__ import annotations
 
-import selectors
-import time
 from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from shardmq.protocol.codec import encode
 from shardmq.protocol.packets import (
-    Connack,
-    Connect,
-    Disconnect,
-    Properties,
-    Puback,
     Pubcomp,
     Publish,
     Pubrec,
@@ -30,7 +22,7 @@ from shardmq.protocol.packets import (
     Subscription,
 )
 from tests.cluster.nodes import NODE_TIMEOUT, Nodes
-from tests.cluster.test_consistency import _Conn
+from tests.cluster.storm import close_all, received, storm, survivor_of
 from tests.helpers import WAIT, make_props, wait_for
 from tests.redis_server import RedisServer, redis_server_path
 from tests.storage.serve import Raw, check_inbound_qos2_kept, persistent
@@ -137,67 +129,14 @@ def test_takeover_storm_over_nodes_ends_with_exactly_one_connection(nodes: Nodes
     first.subscribe("storm/t", qos=1)
     first.disconnect()
     ports = [a.port, b.port, c.port]
-    conns = [_Conn(ports[n % 3]) for n in range(20)]
-    props = Properties(session_expiry_interval=60)
-    connect = encode(Connect(cid, clean_start=False, properties=props), 5)
-    for conn in conns:
-        conn.sock.send(connect)
-    sel = selectors.DefaultSelector()
-    for conn in conns:
-        sel.register(conn.sock, selectors.EVENT_READ, conn)
-
-    def settled() -> bool:
-        for key, _ in sel.select(timeout=0.05):
-            conn = key.data
-            conn.read()
-            if conn.closed:
-                sel.unregister(conn.sock)
-        return sum(not c.closed for c in conns) <= 1 and all(c.packets or c.closed for c in conns)
-
-    def states() -> list[Any]:
-        return [(c.closed, [(type(p).__name__, p.reason_code) for p in c.packets]) for c in conns]
-
-    try:
-        wait_for(settled, timeout=30, interval=0)
-    except AssertionError:
-        raise AssertionError(f"not settled: {states()}") from None
-    live = [c for c in conns if not c.closed]
-    assert len(live) == 1, f"{len(live)} connections survived the storm: {states()}"
-    (survivor,) = live
-    acks = [p for p in survivor.packets if isinstance(p, Connack)]
-    assert len(acks) == 1 and acks[0].reason_code == 0 and acks[0].session_present is True
-    for conn in conns:
-        if conn is not survivor:
-            kinds = [(type(p).__name__, p.reason_code) for p in conn.packets]
-            assert kinds in (
-                [("Connack", 0), ("Disconnect", SESSION_TAKEN_OVER)],
-                [("Connack", 0)],
-            ) or (len(kinds) == 1 and kinds[0][0] == "Connack" and kinds[0][1] >= 0x80), kinds
+    conns = storm(ports, cid, 20, timeout=60)
+    survivor = survivor_of(conns)
     port = survivor.sock.getpeername()[1]
-    other = next(p for p in ports if p != port)
-    pub = nodes.client(next(n for n in nodes.brokers if n.port == other))
+    pub = nodes.client(next(n for n in nodes.brokers if n.port != port))
     assert pub.publish("storm/t", b"once", qos=1).value == 0
-    survivor.sock.setblocking(True)
-    got: list[Any] = []
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        survivor.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            data = survivor.sock.recv(65536)
-        except TimeoutError:
-            break
-        if not data:
-            break
-        for pkt in survivor.decoder.feed(data):
-            got.append(pkt)
-            if isinstance(pkt, Publish) and pkt.qos == 1:
-                survivor.sock.sendall(encode(Puback(pkt.packet_id), 5))
-    pubs = [p for p in got if isinstance(p, Publish)]
-    assert [(p.topic, p.payload) for p in pubs] == [("storm/t", b"once")], got
-    assert not any(isinstance(p, Disconnect) for p in got)
-    sel.close()
-    for conn in conns:
-        conn.sock.close()
+    pubs = received(survivor)
+    assert [(p.topic, p.payload) for p in pubs] == [("storm/t", b"once")], pubs
+    close_all(conns)
 
 
 def test_a_dead_nodes_session_resumes_on_another_node(
