@@ -195,5 +195,10 @@ class Fabric:
     def publish_stats(self, figures: dict[str, int]) -> None:
         """Share this shard's $SYS figures with the others."""
 
+    def cluster_stats(self) -> tuple[int, dict[str, int]] | None:
+        """Several nodes: (live nodes, the $SYS figures summed over all their
+        workers), as last read; None when not a cluster node."""
+        return None
+
     #: client id -> newest epoch seen for a take-over (fencing)
     fence: dict[str, int] = {}

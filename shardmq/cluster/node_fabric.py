@@ -125,6 +125,13 @@ class NodeFabric(Fabric):
         super().store_rewritten()
         self.link.rewritten()
 
+    def publish_stats(self, figures: dict[str, int]) -> None:
+        super().publish_stats(figures)
+        self.link.publish_stats(figures)
+
+    def cluster_stats(self) -> tuple[int, dict[str, int]] | None:
+        return self.link.cluster_figures
+
     # -- client ids: owned in the whole cluster (owners.py) ------------------------------
 
     async def acquire(self, client_id: str, clean_start: bool) -> tuple[int, SessionState | None]:

@@ -180,6 +180,9 @@ class NodeLink:
         self.shard: FabricShard
         self.store: RedisStore
         self.retained_stamps: dict[str, float] = {}
+        #: (live nodes, $SYS figures summed over every worker of every live
+        #: node), read at each beat by worker 0 (``P:sys:<node>`` hashes)
+        self.cluster_figures: tuple[int, dict[str, int]] | None = None
         #: the client ids this process owns in the cluster (``owners.py``)
         self.owners = Owners(self)
 
@@ -586,6 +589,30 @@ class NodeLink:
         if self._stale and self._stale_wake is not None:
             self._stale_wake.set()
 
+    # -- $SYS figures -------------------------------------------------------------------
+
+    def publish_stats(self, figures: dict[str, int]) -> None:
+        """This process's $SYS figures into ``P:sys:<node>`` (field: worker), in
+        the next batch; the key lapses if no worker of the node refreshes it."""
+        if not self._joined or self.loop is None:
+            return
+        key = f"{self.prefix}:sys:{self.node_id}"
+        self.store.append("HSET", key, str(self.worker), _packb(figures))
+        self.store.append("PEXPIRE", key, int(self.node_timeout * 3000))
+        self._wake()
+
+    async def _read_figures(self, nodes: list[str]) -> None:
+        assert self._ctl is not None
+        pipe = self._ctl.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hgetall(f"{self.prefix}:sys:{node}")
+        sums: dict[str, int] = {}
+        for fields in await pipe.execute():
+            for packed in fields.values():
+                for name, value in msgpack.unpackb(packed).items():
+                    sums[name] = sums.get(name, 0) + value
+        self.cluster_figures = (len(nodes), sums)
+
     # -- membership ------------------------------------------------------------------------
 
     async def _beat(self) -> None:
@@ -626,6 +653,13 @@ class NodeLink:
                     lost = True
                 continue
             lost = False
+            if self.worker == 0:
+                try:
+                    await self._read_figures(sorted(live))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.debug("node %s: cluster figures not read: %s", self.node_id, exc)
             live.pop(self.node_id, None)
             for node in list(self.live):
                 if node not in live:

@@ -1028,6 +1028,13 @@ class Shard:
                 for name, value in own.items():
                     figures[name] = value + sum(p.get(name, 0) for p in peers.values())
                 figures["workers"] = 1 + len(peers)
+                cluster = fabric.cluster_stats()
+                if cluster is not None:
+                    # the whole cluster, as of the last heartbeat
+                    nodes, sums = cluster
+                    figures["cluster/nodes"] = nodes
+                    for name, value in sums.items():
+                        figures[f"cluster/{name}"] = value
         else:
             figures.update(own)
         if figures:

@@ -325,3 +325,37 @@ def test_node_keys_are_where_the_readme_says(nodes: Nodes, redis_server: RedisSe
         "P:s:{<client id>}:o",
     ):
         assert f"`{key}`" in text
+
+
+def test_sys_has_figures_for_the_whole_cluster(nodes: Nodes, redis_server: RedisServer) -> None:
+    """Each node's $SYS/broker/... describes that node; $SYS/broker/cluster/...
+    sums every worker of every live node: two clients on a (two workers), one
+    on b, so cluster/clients/connected reaches 3 on both nodes while each
+    node's own clients/connected stays its own."""
+    a = nodes.start("a", 2, "--sys-interval", "1")
+    b = nodes.start("b", 1, "--sys-interval", "1")
+    on_a = nodes.client(a)
+    nodes.client(a)
+    on_b = nodes.client(b)
+    on_a.subscribe("$SYS/broker/#")
+    on_b.subscribe("$SYS/broker/#")
+
+    def figures(client: Client) -> dict[str, bytes]:
+        return {m.topic: m.payload for m in client.drain(0.3)}
+
+    seen_a: dict[str, bytes] = {}
+    seen_b: dict[str, bytes] = {}
+
+    def both_see_three() -> bool:
+        seen_a.update(figures(on_a))
+        seen_b.update(figures(on_b))
+        key = "$SYS/broker/cluster/clients/connected"
+        return seen_a.get(key) == b"3" and seen_b.get(key) == b"3"
+
+    wait_for(both_see_three, timeout=WAIT * 3, interval=0)
+    assert seen_a["$SYS/broker/cluster/nodes"] == b"2"
+    assert seen_b["$SYS/broker/cluster/nodes"] == b"2"
+    assert seen_b["$SYS/broker/clients/connected"] == b"1"
+    assert seen_a["$SYS/broker/clients/connected"] == b"2"
+    fields = redis_server.client().hgetall("shardmq:sys:a")
+    assert set(fields) == {b"0", b"1"}
