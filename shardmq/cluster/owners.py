@@ -128,6 +128,8 @@ class Owners:
         self._failing = False
         self._verifying: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        #: claims of this loop iteration, sent together (``_claim_script``)
+        self._claims: list[tuple[str, asyncio.Future[Any]]] = []
 
     def key(self, client_id: str) -> str:
         return f"{self.link.prefix}:s:{{{client_id}}}:o"
@@ -147,7 +149,7 @@ class Owners:
         self.unanswered[client_id] = self.unanswered.get(client_id, 0) + 1
         try:
             async with asyncio.timeout(link.store_timeout):
-                reply: Any = await ctl.eval(CLAIM, 1, self.key(client_id), self.me)
+                reply: Any = await self._claim_script(client_id)
         except Exception as exc:  # RedisError, OSError, TimeoutError
             self._answered(client_id)
             raise self._unavailable(str(exc) or type(exc).__name__) from None
@@ -165,6 +167,40 @@ class Owners:
             self.settled(client_id, epoch)
             raise
         return epoch, state
+
+    def _claim_script(self, client_id: str) -> asyncio.Future[Any]:
+        """The CLAIM of ``client_id``, sent with every other claim of this loop
+        iteration in one pipeline (one round trip for a burst of CONNECTs)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._claims:
+            asyncio.get_running_loop().call_soon(self._send_claims)
+        self._claims.append((client_id, fut))
+        return fut
+
+    def _send_claims(self) -> None:
+        claims, self._claims = self._claims, []
+        task = asyncio.ensure_future(self._run_claims(claims))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_claims(self, claims: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        ctl = self.link._ctl
+        try:
+            assert ctl is not None
+            pipe = ctl.pipeline(transaction=False)
+            for client_id, _fut in claims:
+                pipe.eval(CLAIM, 1, self.key(client_id), self.me)
+            replies = await pipe.execute()
+        except BaseException as exc:
+            for _cid, fut in claims:
+                if not fut.done():
+                    fut.set_exception(OwnersUnavailable(str(exc) or type(exc).__name__))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_cid, fut), reply in zip(claims, replies, strict=True):
+            if not fut.done():
+                fut.set_result(reply)
 
     def _unavailable(self, why: str) -> OwnersUnavailable:
         if not self._failing:
