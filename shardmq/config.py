@@ -25,6 +25,9 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .auth.acl import AclFile
+from .auth.hashing import ALGORITHMS, PBKDF2_MAC_FUNS, SALT_POSITIONS, PasswordHasher
+from .auth.passwd import PasswordFile
 from .errors import ConfigError
 from .protocol.constants import MAX_PACKET_SIZE_LIMIT
 from .supervisor.arbiter import resolve_workers
@@ -130,7 +133,11 @@ class Config:
     #: Response Information returned when a v5 client requests it; the
     #: client id is appended. Empty disables it.
     response_information: str = "response/"
-    allow_anonymous: bool = True
+    #: Accept clients that send no username. None (unset): yes, unless
+    #: password_file or auth_redis is set. Config resolves it to a bool when
+    #: built, so dataclasses.replace(config, password_file=...) keeps the
+    #: resolved value: pass allow_anonymous=None with it to resolve again.
+    allow_anonymous: bool | None = None
 
     # -- $SYS ----------------------------------------------------------------
     #: Seconds between $SYS publications; 0 disables them.
@@ -165,6 +172,26 @@ class Config:
     node_id: str | None = None
     #: Seconds a node's heartbeat lives: a node silent this long is dead.
     node_timeout: float = 10.0
+
+    # -- access control ---------------------------------------------------------
+    #: Mosquitto password file (``shardmq passwd`` or mosquitto_passwd writes it).
+    password_file: str | None = None
+    #: Mosquitto ACL file: topic/user/pattern lines.
+    acl_file: str | None = None
+    #: Credentials and ACLs from Redis at redis_url, in EMQX's layout
+    #: (HASH mqtt_user:<name>, HASH mqtt_acl:<name>).
+    auth_redis: bool = False
+    #: plain, md5, sha, sha256, sha512, pbkdf2 or bcrypt (the bcrypt extra).
+    auth_redis_algorithm: str = "sha256"
+    #: Where the salt goes for the simple algorithms: prefix, suffix or disable.
+    #: EMQX's default is prefix: hash(salt + password).
+    auth_redis_salt_position: str = "prefix"
+    #: pbkdf2: the HMAC's hash, iteration count and key length (None: the hash's size).
+    auth_redis_pbkdf2_mac_fun: str = "sha256"
+    auth_redis_pbkdf2_iterations: int = 4096
+    auth_redis_pbkdf2_dk_length: int | None = None
+    #: Seconds Redis credentials and ACLs are cached; 0 disables the cache.
+    auth_cache_ttl: float = 30.0
 
     # -- TLS, WebSocket and other listeners ------------------------------------
     #: Extra listeners besides host:port (see ``Listener``).
@@ -214,6 +241,9 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "sys_interval": (0, None),
     "autosave_interval": (0, None),
     "redis_backlog_limit": (1024, None),
+    "auth_redis_pbkdf2_iterations": (1, None),
+    "auth_redis_pbkdf2_dk_length": (1, None),
+    "auth_cache_ttl": (0, None),
     "tls_port": (0, 65535),
     "ws_port": (0, 65535),
     "wss_port": (0, 65535),
@@ -239,6 +269,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "queue_drop_policy": ("oldest", "newest"),
     "v311_keep_alive": ("refuse", "accept"),
     "store": ("memory", "redis"),
+    "auth_redis_algorithm": ALGORITHMS,
+    "auth_redis_salt_position": SALT_POSITIONS,
+    "auth_redis_pbkdf2_mac_fun": PBKDF2_MAC_FUNS,
 }
 
 _NOTES: dict[str, str] = {
@@ -329,7 +362,7 @@ def _check_value(name: str, value: object) -> object:
             raise ConfigError(
                 name, f"expected redis://host:port/db, rediss://... or unix://..., got {shown!r}"
             )
-    if name == "redis_prefix" and isinstance(value, str) and not value:
+    if name in ("redis_prefix", "password_file", "acl_file") and value == "":
         raise ConfigError(name, "must not be empty")
     # node_id becomes part of Redis keys and of the heartbeat: printable, one word
     if (
@@ -360,6 +393,29 @@ def _validate(config: Config) -> None:
         raise ConfigError("cluster", f'requires store = "redis" (got {config.store!r})')
     for label, listener in effective_listeners(config):
         _check_listener_files(label, listener)
+    _check_auth(config)
+
+
+def _check_auth(config: Config) -> None:
+    """Parse the auth files now, so a bad line stops the broker at start
+    with its line number instead of refusing clients later; resolve an
+    unset allow_anonymous."""
+    if config.password_file is not None:
+        PasswordFile.load(config.password_file)  # AuthFileError names password_file
+    if config.acl_file is not None:
+        AclFile.load(config.acl_file)
+    if config.auth_redis:
+        # redis_url itself was checked with the other fields.
+        PasswordHasher(  # e.g. bcrypt without the bcrypt package
+            config.auth_redis_algorithm,
+            config.auth_redis_salt_position,
+            pbkdf2_mac_fun=config.auth_redis_pbkdf2_mac_fun,
+            pbkdf2_iterations=config.auth_redis_pbkdf2_iterations,
+            pbkdf2_dk_length=config.auth_redis_pbkdf2_dk_length,
+        )
+    if config.allow_anonymous is None:
+        credentials = config.password_file is not None or config.auth_redis
+        object.__setattr__(config, "allow_anonymous", not credentials)
 
 
 # -- listeners ------------------------------------------------------------------
