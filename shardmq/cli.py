@@ -5,6 +5,10 @@ TOML file > defaults, see ``shardmq.config``), sets up logging and runs the
 broker until SIGINT or SIGTERM. Only the flags the user actually typed are
 passed on, so a click default never hides an environment variable or a file
 value. A bad setting is one line on stderr and exit status 2.
+
+``shardmq passwd`` manages a Mosquitto password file as ``mosquitto_passwd``
+does (same options, same file format); its errors are one line on stderr
+and exit status 1, as mosquitto_passwd's.
 """
 
 from __future__ import annotations
@@ -16,21 +20,26 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
+from .auth.passwd import PasswordFile, check_username
 from .config import LOG_LEVELS, Config, env_var, load_config
 from .errors import ConfigError
 
 #: Exit status for a configuration error (the same as click's usage errors).
 EXIT_CONFIG_ERROR = 2
+#: Exit status of ``shardmq passwd`` when it fails (mosquitto_passwd's).
+EXIT_PASSWD_ERROR = 1
 
 LOG_FORMAT = "%(asctime)s %(levelname)-8s [%(process)d] %(name)s: %(message)s"
 
 _DEFAULTS = Config()
 
 
-def _help(setting: str, text: str) -> str:
+def _help(setting: str, text: str, shown_default: str | None = None) -> str:
     """Help text that shows the setting's real default and its variable."""
     default = getattr(_DEFAULTS, setting)
-    if isinstance(default, bool):
+    if shown_default is not None:
+        shown = shown_default
+    elif isinstance(default, bool):
         shown = "on" if default else "off"
     elif isinstance(default, float) and default.is_integer():
         shown = str(int(default))
@@ -201,7 +210,26 @@ def main() -> None:
 @click.option(
     "--allow-anonymous/--no-allow-anonymous",
     default=None,
-    help=_help("allow_anonymous", "Accept clients without credentials."),
+    help=_help(
+        "allow_anonymous",
+        "Accept clients without credentials.",
+        "on, unless --password-file or --auth-redis",
+    ),
+)
+@click.option(
+    "--password-file",
+    default=None,
+    help=_help("password_file", "Mosquitto password file (see shardmq passwd)."),
+)
+@click.option(
+    "--acl-file",
+    default=None,
+    help=_help("acl_file", "Mosquitto ACL file: topic, user and pattern lines."),
+)
+@click.option(
+    "--auth-redis/--no-auth-redis",
+    default=None,
+    help=_help("auth_redis", "Credentials and ACLs from Redis at --redis-url (EMQX layout)."),
 )
 @click.option("--tls-port", type=int, default=None, help=_help("tls_port", "MQTT over TLS port."))
 @click.option(
@@ -257,3 +285,70 @@ def _fail(ctx: click.Context, exc: ConfigError) -> NoReturn:
     message = " ".join(str(exc).split())
     click.echo(f"shardmq: error: {message}", err=True)
     ctx.exit(EXIT_CONFIG_ERROR)
+
+
+@main.command()
+@click.option("-c", "create", is_flag=True, help="Create a new file; overwrites an existing one.")
+@click.option("-b", "batch", is_flag=True, help="Take the password from the command line.")
+@click.option("-D", "delete", is_flag=True, help="Delete the user instead of setting a password.")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("username")
+@click.argument("password", required=False)
+@click.pass_context
+def passwd(
+    ctx: click.Context,
+    /,
+    create: bool,
+    batch: bool,
+    delete: bool,
+    file: str,
+    username: str,
+    password: str | None,
+) -> None:
+    """Add, change or delete a user of a Mosquitto password file.
+
+    \b
+    shardmq passwd [-c] FILE USER          prompts for the password twice
+    shardmq passwd [-c] -b FILE USER PASS  password on the command line
+    shardmq passwd -D FILE USER            deletes USER
+
+    Passwords are stored as mosquitto_passwd stores them ($7$, PBKDF2-SHA512,
+    101 iterations), so mosquitto and shardmq read the same file.
+    """
+    if create and delete:
+        _passwd_fail(ctx, "-c and -D cannot be used together")
+    if delete and batch:
+        _passwd_fail(ctx, "-b and -D cannot be used together")
+    if batch and password is None:
+        _passwd_fail(ctx, "-b needs the password after FILE and USER")
+    if not batch and password is not None:
+        _passwd_fail(ctx, "a password on the command line needs -b")
+    try:
+        check_username(username)
+    except ValueError as exc:
+        _passwd_fail(ctx, str(exc))
+    try:
+        entries = PasswordFile() if create else PasswordFile.load(file)
+    except ConfigError as exc:
+        _passwd_fail(ctx, str(exc).partition(": ")[2])  # the file and line, not the setting
+    if delete:
+        try:
+            entries.delete(username)
+        except KeyError:
+            _passwd_fail(ctx, f"user {username!r} is not in {file}")
+    else:
+        if password is None:
+            password = click.prompt(
+                "Password", hide_input=True, confirmation_prompt="Reenter password"
+            )
+            assert password is not None
+        entries.set(username, password)
+    try:
+        entries.save(file)
+    except OSError as exc:
+        _passwd_fail(ctx, f"cannot write {file}: {exc.strerror}")
+
+
+def _passwd_fail(ctx: click.Context, message: str) -> NoReturn:
+    click.echo(f"shardmq passwd: error: {' '.join(message.split())}", err=True)
+    ctx.exit(EXIT_PASSWD_ERROR)

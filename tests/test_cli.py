@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +233,178 @@ def test_entry_point_module_runs_without_broker(flag: str) -> None:
         [sys.executable, "-c", code], env=clean_env(), cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# -- serve: access-control flags ------------------------------------------------------
+
+PASSWD_LINE = (
+    "alice:$7$101$GFpOLVaMxLPnEUXP$qilHG5eW7FaXemOcldmfwgIQMMQK1MLiE1BbpZG0kx200F"
+    "mXPYtZXsviDinwgeANEcYEmSa2r2F9Iabd/vwC7A==\n"
+)
+
+
+def test_auth_flags_reach_serve(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text(PASSWD_LINE)
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic alice/#\n")
+    config = serve_with_fake_broker(
+        "--password-file", str(passwd), "--acl-file", str(acl), env=clean_env()
+    )
+    assert config["password_file"] == str(passwd)
+    assert config["acl_file"] == str(acl)
+    assert config["allow_anonymous"] is False  # a password file turns anonymous off ...
+    config = serve_with_fake_broker(
+        "--password-file", str(passwd), "--allow-anonymous", env=clean_env()
+    )
+    assert config["allow_anonymous"] is True  # ... unless asked otherwise
+    config = serve_with_fake_broker("--auth-redis", env=clean_env())
+    assert config["auth_redis"] is True and config["allow_anonymous"] is False
+
+
+def test_bad_acl_file_is_one_line_with_its_line_number(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic sometimes alice/#\n")
+    line = assert_config_error(shardmq_cmd("serve", "--acl-file", str(acl)), "acl_file")
+    assert f"{acl}:2: unknown access 'sometimes'" in line
+    assert line.endswith("(from --acl-file)")
+
+
+def test_serve_help_lists_auth_flags() -> None:
+    proc = shardmq_cmd("serve", "--help")
+    for flag in ("--password-file", "--acl-file", "--auth-redis", "--no-allow-anonymous"):
+        assert flag in proc.stdout
+    assert "SHARDMQ_PASSWORD_FILE" in proc.stdout
+
+
+# -- passwd ---------------------------------------------------------------------------
+
+
+def assert_passwd_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("shardmq passwd: error: "), lines[0]
+    assert fragment in lines[0]
+
+
+def test_passwd_create_update_delete(tmp_path: Path) -> None:
+    from shardmq.auth.passwd import PasswordFile
+
+    path = tmp_path / "passwd"
+    proc = shardmq_cmd("passwd", "-c", "-b", str(path), "alice", "one")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == proc.stderr == ""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert PasswordFile.load(path).verify("alice", "one")
+    assert path.read_text().startswith("alice:$7$101$")
+
+    assert shardmq_cmd("passwd", "-b", str(path), "bob", "two").returncode == 0
+    assert shardmq_cmd("passwd", "-b", str(path), "alice", "three").returncode == 0
+    entries = PasswordFile.load(path)
+    assert entries.users() == ["alice", "bob"]
+    assert entries.verify("alice", "three") and not entries.verify("alice", "one")
+    assert entries.verify("bob", "two")
+
+    assert shardmq_cmd("passwd", "-D", str(path), "alice").returncode == 0
+    assert PasswordFile.load(path).users() == ["bob"]
+
+    # -c starts over
+    assert shardmq_cmd("passwd", "-c", "-b", str(path), "carol", "four").returncode == 0
+    assert PasswordFile.load(path).users() == ["carol"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["-c", "-D", "{f}", "alice"], "-c and -D cannot be used together"),
+        (["-b", "-D", "{f}", "alice", "pw"], "-b and -D cannot be used together"),
+        (["-b", "{f}", "alice"], "-b needs the password"),
+        (["{f}", "alice", "pw"], "needs -b"),
+        (["-D", "{f}", "nobody"], "user 'nobody' is not in"),
+        (["-b", "{f}", "a:b", "pw"], "username must not contain ':'"),
+        (["-b", "{missing}", "alice", "pw"], "no such file"),
+        (["-b", "{bad}", "alice", "pw"], ":2: expected 'username:hash'"),
+    ],
+)
+def test_passwd_errors_are_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    good = tmp_path / "passwd"
+    good.write_text(PASSWD_LINE)
+    bad = tmp_path / "bad"
+    bad.write_text(PASSWD_LINE + "garbage\n")
+    names = {"f": str(good), "missing": str(tmp_path / "missing"), "bad": str(bad)}
+    proc = shardmq_cmd("passwd", *[arg.format(**names) for arg in args])
+    assert_passwd_error(proc, fragment)
+    assert good.read_text() == PASSWD_LINE  # nothing was written
+    assert not (tmp_path / "missing").exists()
+
+
+def _run_on_a_terminal(args: list[str], typed: list[str]) -> tuple[int, str]:
+    """Run ``python -m shardmq *args`` on a pseudo-terminal, typing each line
+    once its prompt has appeared; return the exit status and the screen."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardmq", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=clean_env(),
+        cwd=ROOT,
+        close_fds=True,
+    )
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 30
+    pending = list(typed)
+    prompts_answered = 0
+    try:
+        while True:
+            assert time.monotonic() < deadline, screen
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+                # Type only at a new prompt: getpass turns echo off before it
+                # prints one and flushes what was typed earlier.
+                prompts = screen.lower().count(b"password: ")
+                if pending and prompts > prompts_answered and screen.endswith(b": "):
+                    os.write(master, pending.pop(0).encode() + b"\r")
+                    prompts_answered = prompts
+            elif proc.poll() is not None:
+                break
+        return proc.wait(30), screen.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_passwd_prompts_twice_without_echo(tmp_path: Path) -> None:
+    from shardmq.auth.passwd import PasswordFile
+
+    path = tmp_path / "passwd"
+    status, screen = _run_on_a_terminal(
+        ["passwd", "-c", str(path), "alice"], ["hidden-pw", "hidden-pw"]
+    )
+    assert status == 0, screen
+    assert "Password:" in screen and "Reenter password:" in screen
+    assert "hidden-pw" not in screen  # not echoed
+    assert PasswordFile.load(path).verify("alice", "hidden-pw")
+
+
+def test_passwd_prompt_mismatch_asks_again(tmp_path: Path) -> None:
+    from shardmq.auth.passwd import PasswordFile
+
+    path = tmp_path / "passwd"
+    status, screen = _run_on_a_terminal(
+        ["passwd", "-c", str(path), "alice"], ["first", "second", "third", "third"]
+    )
+    assert status == 0, screen
+    assert "do not match" in screen
+    assert PasswordFile.load(path).verify("alice", "third")
