@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shardmq.auth.acl import Access, AclRule
@@ -180,7 +182,12 @@ def test_emqx4_password_field(url: str) -> None:
 
 def test_redis_unreachable_raises_rather_than_refusing() -> None:
     async def body() -> None:
-        client = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2)
+        client = aioredis.Redis(
+            host="127.0.0.1",
+            port=free_port(),
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),  # fail at once; the default retries with backoff
+        )
         try:
             with pytest.raises(RedisConnectionError):
                 await RedisAuth(client).authenticate("alice", "pw")
