@@ -12,10 +12,14 @@ Theory of operation
     user NAME                                    starts NAME's block
     pattern [read|write|readwrite|deny] FILTER   %c: client id, %u: username
 
-- ``topic`` lines before the first ``user`` line apply to *anonymous*
-  clients only (no username); a client with a username gets only the
-  ``topic`` lines of its own ``user`` block(s). ``acl__find_acls`` picks one
-  list by username, or the NULL-username list for a client without one.
+- ``topic`` lines before the first ``user`` line apply to *every* client,
+  with or without a username; a client with a username also gets the
+  ``topic`` lines of its own ``user`` block(s), and ``deny`` lines of both
+  are tried first. This is where shardmq departs from mosquitto, whose
+  ``acl__find_acls`` picks one list by username, so that its lines before
+  the first ``user`` apply to anonymous clients only: an operator reads
+  "before any user" as "for everyone", and a rule meant for all should not
+  need copying into every block.
 - ``pattern`` lines apply to every client wherever they stand in the file.
   ``%c`` and ``%u`` are replaced anywhere in the filter, as mosquitto 2.0
   does. A pattern with ``%u`` never applies to an anonymous client. If the
@@ -276,8 +280,9 @@ def _has_wildcard(name: str) -> bool:
 class AclFile:
     """The rules of one ACL file, grouped as mosquitto applies them."""
 
-    #: ``topic`` lines before the first ``user`` line: anonymous clients only.
-    anonymous: tuple[AclRule, ...] = ()
+    #: ``topic`` lines before the first ``user`` line: every client
+    #: (mosquitto: anonymous clients only).
+    general: tuple[AclRule, ...] = ()
     #: ``topic`` lines of each ``user`` block (blocks of one name are merged).
     users: Mapping[str, tuple[AclRule, ...]] = field(default_factory=dict)
     #: ``pattern`` lines, for every client.
@@ -298,10 +303,10 @@ class AclFile:
         access, as in mosquitto. Unlike mosquitto, a ``#`` after leading
         blanks starts a comment too.
         """
-        anonymous: list[AclRule] = []
+        general: list[AclRule] = []
         users: dict[str, list[AclRule]] = {}
         patterns: list[AclRule] = []
-        current: list[AclRule] = anonymous
+        current: list[AclRule] = general
         for number, line in enumerate(split_lines(SETTING, path, data), start=1):
 
             def fail(message: str, number: int = number) -> AuthFileError:
@@ -330,7 +335,7 @@ class AclFile:
                     f"unknown keyword {keyword!r}, expected 'topic', 'pattern' or 'user'{hint}"
                 )
         return cls(
-            anonymous=tuple(anonymous),
+            general=tuple(general),
             users={name: tuple(rules) for name, rules in users.items()},
             patterns=tuple(patterns),
         )
@@ -359,10 +364,9 @@ class AclFile:
 
     def rules_for(self, username: str | None, client_id: str) -> list[AclRule]:
         """The rules that apply to this client, substituted, in the order tried."""
-        if username is None:
-            own: tuple[AclRule, ...] = self.anonymous
-        else:
-            own = self.users.get(username, ())
+        own = self.general
+        if username is not None:
+            own += self.users.get(username, ())
         ordered = _deny_first(own)
         if self.patterns and not (
             (username is not None and _has_wildcard(username)) or _has_wildcard(client_id)

@@ -29,7 +29,7 @@ def test_parse_groups_rules_as_mosquitto() -> None:
         "user alice\n"  # a second block of the same user continues the first
         "topic readwrite shared/#\n"
     )
-    assert acl.anonymous == (
+    assert acl.general == (
         AclRule(Access.READWRITE, "public/#", 3),
         AclRule(Access.READ, "news/#", 4),
     )
@@ -56,13 +56,13 @@ def test_parse_groups_rules_as_mosquitto() -> None:
     ],
 )
 def test_topic_line_forms(line: str, rule: AclRule) -> None:
-    parsed = AclFile.parse(line + "\r\n").anonymous
+    parsed = AclFile.parse(line + "\r\n").general
     assert [(r.access, r.topic) for r in parsed] == [(rule.access, rule.topic)]
 
 
 def test_indented_comments_and_blank_lines_are_skipped() -> None:
     acl = AclFile.parse("   # indented\n\t\n  \ntopic a\n# done")
-    assert [r.topic for r in acl.anonymous] == ["a"]
+    assert [r.topic for r in acl.general] == ["a"]
 
 
 @pytest.mark.parametrize(
@@ -127,16 +127,18 @@ def client(username: str | None, client_id: str = "c1", text: str = SAMPLE) -> C
 
 # (username, client id, topic, may publish, may read)
 DECISIONS: list[tuple[str | None, str, str, bool, bool]] = [
-    # the lines before the first "user" are for anonymous clients only
+    # the lines before the first "user" are for everyone (mosquitto: anonymous
+    # clients only; shardmq follows its own issue 11 here)
     (None, "c1", "public/news", False, True),
     (None, "c1", "anon/in", True, False),
-    ("alice", "c1", "public/news", False, False),
-    ("alice", "c1", "anon/in", False, False),
+    ("alice", "c1", "public/news", False, True),
+    ("alice", "c1", "anon/in", True, False),
+    ("carol", "c1", "public/news", False, True),
     # a user's block is that user's only
     ("alice", "c1", "alice/x", True, True),
     ("bob", "c1", "alice/x", False, False),
     ("bob", "c1", "bob/x", False, True),
-    ("carol", "c1", "bob/x", False, False),  # a user without a block: patterns only
+    ("carol", "c1", "bob/x", False, False),  # a user without a block: general lines, patterns
     # deny beats a grant of the same list, whatever the order in the file
     ("alice", "c1", "alice/secret", False, False),
     ("alice", "c1", "alice/secret/deep", False, False),
@@ -174,6 +176,14 @@ def test_decisions(
     # asked again, from the cache: the same answer
     assert acl.may_publish(topic) is publish
     assert acl.may_read(topic) is read
+
+
+def test_a_general_deny_beats_a_grant_in_the_users_block() -> None:
+    """The lines before the first user and the user's own block are one list,
+    deny first: a deny meant for everyone holds against a user's grant."""
+    acl = client("u", text="topic deny x/secret\nuser u\ntopic readwrite x/#\n")
+    assert acl.may_read("x/open") and acl.may_publish("x/open")
+    assert not acl.may_read("x/secret") and not acl.may_publish("x/secret")
 
 
 def test_matching_rule_without_the_access_does_not_decide() -> None:
