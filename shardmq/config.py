@@ -183,9 +183,10 @@ class Config:
     auth_redis: bool = False
     #: plain, md5, sha, sha256, sha512, pbkdf2 or bcrypt (the bcrypt extra).
     auth_redis_algorithm: str = "sha256"
-    #: Where the salt goes for the simple algorithms: prefix, suffix or disable.
-    #: EMQX's default is prefix: hash(salt + password).
-    auth_redis_salt_position: str = "prefix"
+    #: Where the salt goes for the simple algorithms: suffix (hash(password +
+    #: salt), the default), prefix or disable. EMQX 5 defaults to prefix: set
+    #: it when moving users whose hashes EMQX made with its default.
+    auth_redis_salt_position: str = "suffix"
     #: pbkdf2: the HMAC's hash, iteration count and key length (None: the hash's size).
     auth_redis_pbkdf2_mac_fun: str = "sha256"
     auth_redis_pbkdf2_iterations: int = 4096

@@ -378,7 +378,8 @@ def test_auth_defaults() -> None:
     assert config.allow_anonymous is True
     assert config.auth_redis is False
     assert config.auth_redis_algorithm == "sha256"
-    assert config.auth_redis_salt_position == "prefix"  # EMQX's default
+    # issue 11 asks for the salt as suffix; EMQX 5 defaults to prefix
+    assert config.auth_redis_salt_position == "suffix"
     assert config.auth_redis_pbkdf2_dk_length is None
     assert config.auth_cache_ttl == 30.0
 

@@ -71,7 +71,7 @@ class PasswordHasher:
     def __init__(
         self,
         algorithm: str = "sha256",
-        salt_position: str = "prefix",
+        salt_position: str = "suffix",
         *,
         pbkdf2_mac_fun: str = "sha256",
         pbkdf2_iterations: int = 4096,

@@ -12,7 +12,8 @@ authorization; hashing as EMQX's ``emqx_passwd`` and
   ``is_superuser`` is true for ``1`` or ``true`` and lifts every ACL.
 - The password check is ``hashing.PasswordHasher``'s: EMQX's algorithms
   (``plain``, ``md5``, ``sha``, ``sha256``, ``sha512``, ``pbkdf2``, ``bcrypt``)
-  and salt positions; EMQX's default is ``sha256`` with the salt as prefix.
+  and salt positions; shardmq's default is ``sha256`` with the salt as
+  suffix (EMQX 5's is prefix: ``auth_redis_salt_position`` says which).
 - ACL values are ``publish`` (our write), ``subscribe`` (our read: subscribe
   and delivery) or ``all``; EMQX's JSON form ``{"action": ...}`` is read for
   its action. Every rule grants: the layout has no deny, so a user without
