@@ -141,12 +141,16 @@ class Broker:
     """An MQTT broker: one shard served by one asyncio event loop."""
 
     def __init__(self, config: Config | None = None, **settings: Any) -> None:
-        config = config if config is not None else Config()
         if settings:
             unknown = set(settings) - {f.name for f in dataclasses.fields(Config)}
             if unknown:
                 name = sorted(unknown)[0]
                 raise ConfigError(name, "unknown setting")
+        if config is None:
+            # built from the settings, not replace()d onto Config(): an unset
+            # allow_anonymous must be resolved against this password_file
+            config = Config(**settings)
+        elif settings:
             config = dataclasses.replace(config, **settings)
         self.config = config
         self.hooks = Hooks()
@@ -213,6 +217,8 @@ class Broker:
         self._shard = shard
         self._stopped = asyncio.Event()
         cfg = self.config
+        if shard.access is not None:
+            shard.access.start()
         if cfg.store == "redis":
             await self._open_store(shard)
         elif cfg.persistence_file:
@@ -292,6 +298,8 @@ class Broker:
         self.listener_servers = []
         shard.stop()
         await shard.fabric.stop()
+        if shard.access is not None:
+            await shard.access.stop()
         self._shard = None
         if self._stopped is not None:
             self._stopped.set()
@@ -397,13 +405,14 @@ class Broker:
     async def serve_forever(self) -> None:
         """Start, then run until SIGINT/SIGTERM, then stop gracefully.
 
-        SIGHUP re-reads the TLS certificates (:meth:`reload_tls`).
+        SIGHUP re-reads the TLS certificates and the password and ACL files
+        (:meth:`reload`).
         """
         loop = asyncio.get_running_loop()
         # installed first, so that a SIGHUP sent once the broker is listening
         # never meets the default action (exit); runs in the loop, not in the
         # signal handler: the task does the work
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload_tls()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         await self.start()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -411,6 +420,29 @@ class Broker:
         await stop.wait()
         log.info("shutting down")
         await self.stop()
+
+    async def reload(self) -> bool:
+        """SIGHUP: the TLS certificates (:meth:`reload_tls`) and the access
+        files (:meth:`reload_access`); True when everything reloaded."""
+        tls = await self.reload_tls()
+        return self.reload_access() and tls
+
+    def reload_access(self) -> bool:
+        """Re-read the password and ACL files; every open connection is held
+        to the new rules from its next packet on. A file that fails to parse
+        is logged (file and line) and the previous rules stay in force."""
+        shard = self._shard
+        if shard is None or shard.access is None:
+            return True
+        access = shard.access
+        ok = access.reload()
+        if ok:
+            if access.acl is not None:
+                for conn in list(shard.connections):
+                    if conn.session is not None:
+                        conn.set_rules(access.rules_for(conn.username, conn.client_id))
+            log.info("password and ACL files reloaded")
+        return ok
 
     async def reload_tls(self) -> bool:
         """Re-read every TLS listener's certificate files (SIGHUP).

@@ -92,6 +92,7 @@ def fit(packet: Any, version: int, limit: int) -> bytes | None:
 
 class Outbox:
     __slots__ = (
+        "readable",
         "version",
         "window",
         "max_packet",
@@ -116,6 +117,10 @@ class Outbox:
         self.aliases: dict[str, int] = {}
         #: in-flight packet ids still to resend after a reconnect
         self.unsent: deque[int] = deque()
+        #: access control: whether the client may read a topic (None: it may
+        #: read everything it subscribed to); a wildcard subscription must not
+        #: deliver a topic the rules deny it
+        self.readable: Callable[[str], bool] | None = None
 
     def configure(
         self,
@@ -165,6 +170,10 @@ class Outbox:
         now: float,
     ) -> None:
         """Deliver one message to the connected client (the shard's fan-out)."""
+        readable = self.readable
+        if readable is not None and not readable(msg.topic):
+            self.stats.messages_dropped += 1
+            return
         expiry = remaining_expiry(msg, now)
         if expiry == -1:
             return  # expired: never delivered [MQTT-3.3.2-5]
@@ -304,6 +313,10 @@ class Outbox:
             session.pop_pending()
             expiry = remaining_expiry(msg, now)
             if expiry == -1:
+                continue
+            if self.readable is not None and not self.readable(msg.topic):
+                # queued while the rules allowed it, or before a reload denied it
+                self.stats.messages_dropped += 1
                 continue
             if qos == 0:
                 data = self.encode(msg, 0, retain, False, 0, ids, expiry)

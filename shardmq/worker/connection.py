@@ -41,7 +41,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import (
     DisconnectError,
@@ -86,6 +86,9 @@ from ..protocol.packets import (
 )
 from ..protocol.session import Message, Session
 from ..protocol.state import ConnectionState, closing_packet
+
+if TYPE_CHECKING:
+    from ..auth.acl import ClientAcl
 from ..socketinfo import tcp_bytes_acked
 from ..storage.base import StoreUnavailable, all_done
 from .shard import Shard
@@ -122,6 +125,7 @@ class Connection(asyncio.Protocol):
         "handle",
         "outbox",
         "aliases_in",
+        "acl",
         "problem_info",
         "auth_method",
         "write_paused",
@@ -157,6 +161,8 @@ class Connection(asyncio.Protocol):
         #: what we send the client: its limits, topic aliases, resends
         self.outbox = Outbox(self.write, shard.stats)
         self.aliases_in: dict[int, str] = {}
+        #: the client's compiled ACL (None: nothing restricts it)
+        self.acl: ClientAcl | None = None
         self.problem_info = True
         self.auth_method: str | None = None
         self.write_paused = False
@@ -501,15 +507,50 @@ class Connection(asyncio.Protocol):
                 raise MQTTError(ReasonCode.BAD_AUTHENTICATION_METHOD)
             self.auth_method = props.authentication_method
             self._connect = packet
+            if self.shard.access is not None:
+                # the hook authenticates; the ACL file still holds
+                self.set_rules(self.shard.access.rules_for(packet.username, cid))
+                self._check_will(packet)
             return self._auth_round(packet, reauth=False)
-        if not cfg.allow_anonymous and packet.username is None:
-            raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
+        if self.shard.access is not None:
+            return self._check_credentials(packet)
         if hooks.on_connect is not None:
             return self._connect_hook(packet, None)
         if self.shard.fabric.distributed:
             return self._acquire_and_accept(packet, None)
         self._accept(packet, None)
         return None
+
+    async def _check_credentials(self, packet: Connect) -> None:
+        access = self.shard.access
+        assert access is not None
+        ok, acl = await access.admit(packet.username, packet.password, self.client_id)
+        if not ok:
+            self.shard.stats.auth_failures += 1
+            if packet.username is None:
+                raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
+            # an unknown user gets the same answer as a wrong password
+            raise MQTTError(ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
+        if self.state != CONNECTING:
+            return  # gone while the password was checked
+        self.set_rules(acl)
+        self._check_will(packet)
+        await self._connect_hook(packet, None)
+
+    def _check_will(self, packet: Connect) -> None:
+        """A will is a publish the client makes later: refuse the CONNECT if
+        the client may not publish its topic (as mosquitto does), rather than
+        let it reach subscribers as the client goes."""
+        will = packet.will
+        acl = self.acl
+        if will is not None and acl is not None and not acl.may_publish(will.topic):
+            self.shard.stats.acl_denied += 1
+            raise MQTTError(ReasonCode.NOT_AUTHORIZED, "will topic not authorized")
+
+    def set_rules(self, acl: ClientAcl | None) -> None:
+        """The client's ACL (None: nothing restricts it), from now on."""
+        self.acl = acl
+        self.outbox.readable = acl.may_read if acl is not None else None
 
     async def _connect_hook(self, packet: Connect, auth_data: bytes | None) -> None:
         hook = self.shard.hooks.on_connect
@@ -731,6 +772,14 @@ class Connection(asyncio.Protocol):
             # a resend of a message already routed: acknowledge only
             assert packet.packet_id is not None
             self._send_ack(Pubrec(packet.packet_id))
+            return None
+        acl = self.acl
+        if acl is not None and not acl.may_publish(packet.topic):
+            # it reaches nobody: PUBACK/PUBREC 0x87, or at QoS 0 dropped and counted
+            shard.stats.acl_denied += 1
+            if packet.qos == 0:
+                shard.stats.messages_dropped += 1
+            self._ack_publish(packet, ReasonCode.NOT_AUTHORIZED, "not authorized")
             return None
         qos = packet.qos
         hook = shard.hooks.on_publish
@@ -969,8 +1018,12 @@ class Connection(asyncio.Protocol):
         identifier = ids[0] if ids else None
         codes: list[int] = []
         retained: list[tuple[Message, int, list[int] | None, bool]] = []
+        acl = self.acl
         for i, sub in enumerate(packet.subscriptions):
             refused, qos = apply(allowed, i, sub.qos)
+            if refused is None and acl is not None and not acl.may_subscribe(sub.topic_filter):
+                shard.stats.acl_denied += 1
+                refused = ReasonCode.NOT_AUTHORIZED  # 3.1.1: 0x80
             if refused is not None:
                 codes.append(refused)
                 continue

@@ -61,8 +61,8 @@ def run_worker(ctx: Any, config: Config, node_token: str | None = None) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if hasattr(broker, "reload_tls"):
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(broker.reload_tls()))
+        if hasattr(broker, "reload"):
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(broker.reload()))
 
         def beat() -> None:
             ctx.heartbeat()

@@ -55,6 +55,7 @@ from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
 from ..storage import codec
 from ..storage.base import Store, StoredState
+from .access import Access
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -75,6 +76,8 @@ class Stats:
         "bytes_sent",
         "messages_dropped",
         "connections_total",
+        "auth_failures",
+        "acl_denied",
     )
 
     def __init__(self) -> None:
@@ -84,6 +87,10 @@ class Stats:
         self.bytes_sent = 0
         self.messages_dropped = 0
         self.connections_total = 0
+        #: CONNECTs refused for their credentials
+        self.auth_failures = 0
+        #: PUBLISH and SUBSCRIBE refused by the ACL
+        self.acl_denied = 0
 
 
 class Shard:
@@ -154,6 +161,8 @@ class Shard:
         self.clock: Callable[[], float] = time.time
         #: the durable store (None: memory only); told of every state change
         self.store: Store | None = None
+        #: access control (password file, ACL, Redis auth); None: none configured
+        self.access: Access | None = Access(config) if Access.wanted(config) else None
         self.deadlines: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None

@@ -214,3 +214,23 @@ def test_control_packet_loses_reason_string_then_user_properties_to_fit() -> Non
     assert not none.outbox.control(Puback(1, ReasonCode.UNSPECIFIED_ERROR, props))
     assert none.wire == []
     assert props.reason_string is not None  # the caller's packet is left as it was
+
+
+def test_topics_the_client_may_not_read_are_not_delivered() -> None:
+    """Access control at delivery: a wildcard subscription does not leak a
+    denied topic, live or from the queue; each refusal is counted."""
+    c = Client(receive_maximum=1)
+    c.outbox.readable = lambda topic: not topic.startswith("secret/")
+    c.deliver(message("open/1", qos=0), 0)
+    c.deliver(message("secret/1", qos=0), 0)
+    c.deliver(message("open/2"), 1)  # takes the window
+    c.deliver(message("secret/2"), 1)  # refused before it is queued
+    assert [p.topic for p in c.received()] == ["open/1", "open/2"]
+    assert not c.session.pending and c.stats.messages_dropped == 2
+    # queued while the client was away (the shard queues offline sessions)
+    c.session.enqueue((message("secret/3"), 1, False, None))
+    c.session.enqueue((message("open/3"), 1, False, None))
+    on_puback(c.session, 1)
+    c.outbox.window_freed(c.session, T0)
+    assert [p.topic for p in c.received()] == ["open/3"]
+    assert c.stats.messages_dropped == 3
