@@ -485,6 +485,7 @@ class Connection(asyncio.Protocol):
         self.client_id = cid
         transport = self.transport
         tls = transport.get_extra_info("ssl_object") if transport is not None else None
+        certified = tls is not None and cfg.use_identity_as_username
         if tls is not None and transport is not None and cfg.use_identity_as_username:
             # the client certificate's CN replaces the CONNECT username (Mosquitto's rule)
             packet.username = transport.get_extra_info("certificate_common_name")
@@ -513,7 +514,7 @@ class Connection(asyncio.Protocol):
                 self._check_will(packet)
             return self._auth_round(packet, reauth=False)
         if self.shard.access is not None:
-            return self._check_credentials(packet)
+            return self._check_credentials(packet, certified)
         if hooks.on_connect is not None:
             return self._connect_hook(packet, None)
         if self.shard.fabric.distributed:
@@ -521,10 +522,15 @@ class Connection(asyncio.Protocol):
         self._accept(packet, None)
         return None
 
-    async def _check_credentials(self, packet: Connect) -> None:
+    async def _check_credentials(self, packet: Connect, certified: bool) -> None:
         access = self.shard.access
         assert access is not None
-        ok, acl = await access.admit(packet.username, packet.password, self.client_id)
+        if certified:
+            # the verified certificate is the credential, as in mosquitto: its
+            # identity is the username the ACL sees, no password is asked
+            ok, acl = True, access.rules_for(packet.username, self.client_id)
+        else:
+            ok, acl = await access.admit(packet.username, packet.password, self.client_id)
         if not ok:
             self.shard.stats.auth_failures += 1
             if packet.username is None:

@@ -268,3 +268,47 @@ def test_configured_ciphers_are_used(make_broker: MakeBroker, pki: PKI) -> None:
 
 def test_trustme_is_the_ca(pki: PKI) -> None:
     assert isinstance(pki.ca, trustme.CA)
+
+
+def test_certificate_identity_meets_the_password_file_and_the_acl(
+    make_broker: MakeBroker, pki: PKI, tmp_path: Any, version: int
+) -> None:
+    """With use_identity_as_username the verified certificate is the
+    credential (as in mosquitto): no password is asked on the TLS listener,
+    and the ACL file holds for the certificate's name. On the plain port the
+    same name still needs its password."""
+    from shardmq.auth.passwd import PasswordFile
+
+    passwords = PasswordFile()
+    passwords.set("alice", "wonderland")
+    passwords.save(tmp_path / "passwd")
+    (tmp_path / "acl").write_text("user alice\ntopic readwrite alice/#\n")
+    bt = tls_broker(
+        make_broker,
+        pki,
+        cafile=pki.cafile,
+        require_client_cert=True,
+        use_identity_as_username=True,
+        password_file=str(tmp_path / "passwd"),
+        acl_file=str(tmp_path / "acl"),
+    )
+    client = paho_client(
+        listener_port(bt),
+        cafile=pki.cafile,
+        certfile=pki.client_certfile,
+        keyfile=pki.client_keyfile,
+        version=version,
+    )
+    client.connect()
+    assert client.subscribe("alice/#", 1)[0].value == 1
+    assert client.subscribe("bob/#", 1)[0].value == (
+        ReasonCode.NOT_AUTHORIZED if version == 5 else 0x80
+    )
+    client.publish("bob/x", b"denied", qos=1)
+    client.publish("alice/x", b"mine", qos=1)
+    assert client.get().payload == b"mine"
+    client.disconnect()
+    plain = Client(bt.port, username="alice", version=version)
+    _, rc, _ = plain.connect(expect_success=False)
+    assert rc.value == ReasonCode.BAD_USER_NAME_OR_PASSWORD
+    plain.paho.loop_stop()
