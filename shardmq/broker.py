@@ -218,7 +218,7 @@ class Broker:
         self._stopped = asyncio.Event()
         cfg = self.config
         if shard.access is not None:
-            shard.access.start()
+            shard.access.start(lambda: shard.clock())
         if cfg.store == "redis":
             await self._open_store(shard)
         elif cfg.persistence_file:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..auth.acl import AclFile, ClientAcl
@@ -75,12 +76,13 @@ class Access:
             or config.allow_anonymous is False
         )
 
-    def start(self) -> None:
-        """On the event loop: the Redis client and its invalidation listener."""
+    def start(self, clock: Callable[[], float]) -> None:
+        """On the event loop: the Redis client and its invalidation listener;
+        ``clock`` times the cache (the shard's, which tests can advance)."""
         if self.config.auth_redis and self.redis is None:
             from ..auth.redis import RedisAuth
 
-            self.redis = RedisAuth.from_config(self.config)
+            self.redis = RedisAuth.from_config(self.config, clock=clock)
             self._listener = asyncio.get_running_loop().create_task(
                 self.redis.listen_invalidations()
             )
