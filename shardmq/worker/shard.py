@@ -1012,6 +1012,8 @@ class Shard:
             "messages/received": st.messages_received,
             "messages/sent": st.messages_sent,
             "messages/dropped": st.messages_dropped,
+            "clients/auth_failures": st.auth_failures,
+            "acl/denied": st.acl_denied,
             "bytes/received": st.bytes_received,
             "bytes/sent": st.bytes_sent,
             "subscriptions/count": len(self.trie) + len(self.shared),

@@ -229,6 +229,28 @@ def test_sys_is_readable_only_where_the_acl_allows_it(
     assert alice.get().topic.startswith("$SYS/")
 
 
+def test_refusals_are_counted_in_sys(
+    make_broker: Factory, files: tuple[Path, Path], clients: ClientFactory, version: int
+) -> None:
+    passwd, acl = files
+    # $SYS at start, then not again within the test: the test publishes it
+    bt = make_broker(password_file=str(passwd), acl_file=str(acl), sys_interval=3600)
+    raw_connack(bt.port, version, "alice", b"nope")
+    bob = login(clients, bt, "bob", version=version)
+    assert bob.subscribe("sensors/#", 0)[0].value == (
+        ReasonCode.NOT_AUTHORIZED if version == 5 else 0x80
+    )
+    bt.call(bt.broker._shard.publish_sys)
+    alice = login(clients, bt, "alice")
+    alice.subscribe("$SYS/broker/clients/auth_failures", 0)
+    alice.subscribe("$SYS/broker/acl/denied", 0)
+    got = {m.topic: m.payload for m in (alice.get(), alice.get())}
+    assert got == {
+        "$SYS/broker/clients/auth_failures": b"1",
+        "$SYS/broker/acl/denied": b"1",
+    }
+
+
 def test_offline_queue_is_filtered_at_delivery(
     make_broker: Factory, files: tuple[Path, Path], tmp_path: Path, clients: ClientFactory
 ) -> None:
