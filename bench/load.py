@@ -90,6 +90,9 @@ class Options:
     source_addrs: list[str] = field(default_factory=list)
     broker_pid: int = 0
     keepalive: int = 60
+    #: CONNECT credentials of every client (None: none sent)
+    username: str | None = None
+    password: str | None = None
     connect_timeout: float = 10.0
     concurrency: int = 64
     quiet: bool = False
@@ -843,6 +846,8 @@ class Generator:
                         opts.keepalive,
                         clean=not persistent,
                         expiry=opts.session_expiry if persistent else 0,
+                        username=opts.username,
+                        password=opts.password,
                     )
                 )
                 code = await client.connack
@@ -1667,6 +1672,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--broker-pid", type=int, default=0, help="sample this broker's CPU and RSS")
     g.add_argument("--keepalive", type=int, default=60)
+    g.add_argument("--username", default=None, help="CONNECT user name (default: none)")
+    g.add_argument("--password", default=None, help="CONNECT password (default: none)")
     g.add_argument("--connect-timeout", type=float, default=10.0)
     g.add_argument(
         "--concurrency",

@@ -72,16 +72,29 @@ def _packet(first: int, body: bytes) -> bytes:
 
 
 def connect(
-    client_id: str, protocol: int, keepalive: int, clean: bool = True, expiry: int = 0
+    client_id: str,
+    protocol: int,
+    keepalive: int,
+    clean: bool = True,
+    expiry: int = 0,
+    username: str | None = None,
+    password: str | None = None,
 ) -> bytes:
     """A CONNECT packet; protocol is 5 (MQTT 5.0) or 4 (MQTT 3.1.1). ``expiry``: the
     Session Expiry Interval (MQTT 5.0; 3.1.1 keeps a Clean Session 0 session)."""
     flags = 0x02 if clean else 0x00
+    tail = utf8(client_id)
+    if username is not None:
+        flags |= 0x80
+        tail += utf8(username)
+    if password is not None:
+        flags |= 0x40
+        tail += utf8(password)
     head = utf8("MQTT") + bytes([protocol, flags]) + struct.pack(">H", keepalive)
     props = b"\x00" if protocol == 5 else b""
     if protocol == 5 and expiry:
         props = b"\x05\x11" + struct.pack(">I", expiry)
-    return _packet(0x10, head + props + utf8(client_id))
+    return _packet(0x10, head + props + tail)
 
 
 def subscribe(packet_id: int, topic_filter: str, qos: int, protocol: int) -> bytes:
