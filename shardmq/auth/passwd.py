@@ -256,6 +256,13 @@ class PasswordFile:
             return False
         return entry.matches(password)
 
+    def iterations_for(self, username: str) -> int:
+        """PBKDF2 iterations ``verify`` will run for ``username`` (the dummy
+        entry's for an unknown user; 1 for a ``$6$`` SHA-512 entry): what a
+        caller weighs to decide whether the check may run on its thread."""
+        entry = self._hashes.get(username) or self._dummy_entry()
+        return entry.iterations or 1
+
     def _dummy_entry(self) -> PasswordHash:
         if self._dummy is None:
             counts = collections.Counter(

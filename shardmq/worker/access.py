@@ -7,8 +7,9 @@ Theory of operation
 shard holds no Access at all, so a connection pays one attribute test.
 
 - CONNECT: :meth:`admit` checks the username and password against the
-  password file (PBKDF2 runs in the loop's thread executor, so a costly hash
-  never stalls the other clients) and, for a user the file does not list,
+  password file (a PBKDF2 of more than ``INLINE_ITERATIONS`` runs in the
+  loop's thread executor, so a costly hash never stalls the other clients;
+  a cheaper one, mosquitto_passwd's default, runs inline) and, for a user the file does not list,
   Redis (EMQX's layout, ``auth/redis.py``, cached for ``auth_cache_ttl``).
   An unknown user and a wrong password get the same answer, CONNACK 0x86
   (3.1.1: return code 4); Redis unreachable gets 0x88 (3.1.1: 3). A client
@@ -47,6 +48,12 @@ if TYPE_CHECKING:
     from ..config import Config
 
 log = logging.getLogger("shardmq.access")
+
+#: PBKDF2 iterations up to which a password is checked on the event loop:
+#: mosquitto_passwd's 101 take about 45 us of CPU here, less than the trip to
+#: a thread and back (which halved the login rate in bench/RESULTS.md); 1000
+#: bound a stall at about half a millisecond. Costlier hashes go to a thread.
+INLINE_ITERATIONS = 1000
 
 
 class Access:
@@ -135,8 +142,11 @@ class Access:
         passwords = self.passwords
         redis = self.redis
         if passwords is not None and (redis is None or username in passwords):
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(None, passwords.verify, username, password or b"")
+            if passwords.iterations_for(username) <= INLINE_ITERATIONS:
+                ok = passwords.verify(username, password or b"")
+            else:
+                loop = asyncio.get_running_loop()
+                ok = await loop.run_in_executor(None, passwords.verify, username, password or b"")
             return ok, self.rules_for(username, client_id) if ok else None
         if redis is None:
             # no credentials configured (an ACL file alone): any name will do

@@ -282,3 +282,15 @@ def test_unknown_user_costs_a_hash_like_a_wrong_password() -> None:
     wrong = _fastest(lambda: pw.verify("alice", "nope"))
     unknown = _fastest(lambda: pw.verify("mallory", "nope"))
     assert unknown > 0.3 * wrong, (unknown, wrong)
+
+
+def test_iterations_for_a_user_and_for_an_unknown_one() -> None:
+    """What the broker weighs to check a password inline or in a thread: an
+    unknown user costs what the file's usual entry costs."""
+    pw = PasswordFile()
+    pw.set("a", "x", iterations=50)
+    pw.set("b", "x", iterations=50)
+    pw.set("slow", "x", iterations=5000)
+    assert pw.iterations_for("slow") == 5000
+    assert pw.iterations_for("a") == 50
+    assert pw.iterations_for("nobody") == 50
