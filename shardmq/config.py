@@ -92,6 +92,20 @@ class Config:
     connect_timeout: float = 10.0
     #: Bytes queued to one client before it is disconnected as too slow.
     max_outgoing_buffer: int = 16 * 1024 * 1024
+    #: New connections per second from one source address (per worker); over
+    #: it they are closed before their CONNECT is read. 0 is unlimited.
+    connection_rate: float = 0.0
+
+    # -- limits per client -----------------------------------------------------
+    #: Subscriptions one client may hold (SUBACK 0x97, 3.1.1 0x80). 0 is unlimited.
+    max_subscriptions: int = 0
+    #: PUBLISH packets per second one client may send; 0 is unlimited.
+    publish_rate: float = 0.0
+    #: PUBLISH payload bytes per second one client may send; 0 is unlimited.
+    publish_byte_rate: float = 0.0
+    #: Over either rate: "disconnect" (v5: DISCONNECT 0x96) or "pause"
+    #: (stop reading the client until it is back within the rate).
+    publish_rate_action: str = "disconnect"
 
     # -- limits advertised in CONNACK ----------------------------------------
     #: Largest packet the broker accepts (Maximum Packet Size property).
@@ -230,6 +244,10 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "workers": (1, None),
     "max_connections": (0, None),
     "max_outgoing_buffer": (1, None),
+    "connection_rate": (0, None),
+    "max_subscriptions": (0, None),
+    "publish_rate": (0, None),
+    "publish_byte_rate": (0, None),
     "max_packet_size": (MIN_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT),
     "receive_maximum": (1, 65535),  # Receive Maximum 0 is a protocol error [MQTT-3.2.2.3.3]
     "max_inflight": (1, 65535),
@@ -268,6 +286,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
     "queue_drop_policy": ("oldest", "newest"),
+    "publish_rate_action": ("disconnect", "pause"),
     "v311_keep_alive": ("refuse", "accept"),
     "store": ("memory", "redis"),
     "auth_redis_algorithm": ALGORITHMS,

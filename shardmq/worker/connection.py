@@ -50,6 +50,7 @@ from ..errors import (
     ProtocolViolation,
 )
 from ..hooks import ClientHandle, Continue, Success
+from ..protocol.bucket import PublishRate
 from ..protocol.codec import Decoder, encode, sendable_code
 from ..protocol.constants import MQTT5, PacketType, ReasonCode
 from ..protocol.handlers.acks import on_puback, on_pubcomp, on_pubrec, on_pubrel
@@ -126,6 +127,8 @@ class Connection(asyncio.Protocol):
         "outbox",
         "aliases_in",
         "acl",
+        "rate",
+        "_throttle",
         "problem_info",
         "auth_method",
         "write_paused",
@@ -163,6 +166,14 @@ class Connection(asyncio.Protocol):
         self.aliases_in: dict[int, str] = {}
         #: the client's compiled ACL (None: nothing restricts it)
         self.acl: ClientAcl | None = None
+        #: publish_rate / publish_byte_rate (None: no limit, no cost per PUBLISH)
+        self.rate = (
+            PublishRate(cfg.publish_rate, cfg.publish_byte_rate, shard.clock())
+            if cfg.publish_rate or cfg.publish_byte_rate
+            else None
+        )
+        #: the timer that resumes reading a client paused for its rate
+        self._throttle: asyncio.TimerHandle | None = None
         self.problem_info = True
         self.auth_method: str | None = None
         self.write_paused = False
@@ -188,6 +199,15 @@ class Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=high)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
+        if shard.config.connection_rate and peer and not shard.admit_connection(peer[0]):
+            # refused before a byte is read: no CONNACK, no timer, no session
+            shard.stats.connections_refused += 1
+            shard.log_refusal(
+                "connection_rate", peer[0], "%s: over connection_rate, closed", peer[0]
+            )
+            self.state = CLOSED
+            transport.close()
+            return
         limit = shard.config.max_connections
         if limit and len(shard.connections) >= limit:
             # answered with CONNACK 0x97/0x89 once the CONNECT tells us the version
@@ -225,6 +245,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         shard = self.shard
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
         shard.connections.discard(self)
         shard.paused_readers.discard(self)
         shard.stalled.pop(self, None)
@@ -263,6 +286,8 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if self._throttle is not None:
+            return  # paused for its publish rate: the timer resumes it
         if self.reading_paused and self.transport is not None and self.state != CLOSED:
             self.reading_paused = False
             self.transport.resume_reading()
@@ -779,6 +804,9 @@ class Connection(asyncio.Protocol):
             assert packet.packet_id is not None
             self._send_ack(Pubrec(packet.packet_id))
             return None
+        rate = self.rate
+        if rate is not None and not rate.take(len(packet.payload), shard.clock()):
+            self._over_rate(rate)
         acl = self.acl
         if acl is not None and not acl.may_publish(packet.topic):
             # it reaches nobody: PUBACK/PUBREC 0x87, or at QoS 0 dropped and counted
@@ -795,6 +823,26 @@ class Connection(asyncio.Protocol):
             return self._publish_retained_synced(packet)
         self._route_publish(packet, ReasonCode.SUCCESS)
         return None
+
+    def _over_rate(self, rate: PublishRate) -> None:
+        """A PUBLISH sent while the client is over its publish rate: v5 gets
+        DISCONNECT 0x96 (3.1.1: the connection is closed), or, with
+        publish_rate_action = "pause", this one is taken and nothing more is
+        read until the client is back within the rate."""
+        shard = self.shard
+        shard.stats.rate_limited += 1
+        shard.log_refusal(
+            "publish_rate", self.client_id, "client %s: over its publish rate", self.client_id
+        )
+        if shard.config.publish_rate_action == "disconnect":
+            raise MQTTError(ReasonCode.MESSAGE_RATE_TOO_HIGH, "message rate too high")
+        if self._throttle is None:
+            self.pause_reading()
+            self._throttle = self.loop.call_later(rate.wait(), self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        self.resume_reading()
 
     async def _publish_retained_synced(self, packet: Publish) -> None:
         """A retained message at QoS 1/2 is acknowledged once every worker holds it."""
@@ -1025,11 +1073,27 @@ class Connection(asyncio.Protocol):
         codes: list[int] = []
         retained: list[tuple[Message, int, list[int] | None, bool]] = []
         acl = self.acl
+        quota = shard.config.max_subscriptions
         for i, sub in enumerate(packet.subscriptions):
             refused, qos = apply(allowed, i, sub.qos)
             if refused is None and acl is not None and not acl.may_subscribe(sub.topic_filter):
                 shard.stats.acl_denied += 1
                 refused = ReasonCode.NOT_AUTHORIZED  # 3.1.1: 0x80
+            if (
+                refused is None
+                and quota
+                and len(session.subscriptions) >= quota
+                and sub.topic_filter not in session.subscriptions  # a replacement is free
+            ):
+                shard.stats.subscriptions_refused += 1
+                shard.log_refusal(
+                    "max_subscriptions",
+                    self.client_id,
+                    "client %s: max_subscriptions (%d) reached",
+                    self.client_id,
+                    quota,
+                )
+                refused = ReasonCode.QUOTA_EXCEEDED  # 3.1.1: 0x80
             if refused is not None:
                 codes.append(refused)
                 continue

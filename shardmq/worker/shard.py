@@ -36,6 +36,7 @@ from ..cluster import messages as wire
 from ..cluster.fabric import Fabric, Writer
 from ..config import Config
 from ..hooks import Hooks
+from ..protocol.bucket import TokenBucket
 from ..protocol.codec import encode
 from ..protocol.constants import ReasonCode
 from ..protocol.handlers.connect import server_properties
@@ -63,6 +64,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.shard")
 
+#: Seconds between two log lines for the same limit and client or address.
+_REFUSAL_LOG_INTERVAL = 60.0
+#: Source addresses (and logged refusals) remembered before pruning.
+_MAX_BUCKETS = 10_000
+
 #: messages kept while sessions are being acquired from other shards (a claim
 #: waits at most a few seconds; this bounds the memory it can pin)
 HELD_LIMIT = 100_000
@@ -78,6 +84,9 @@ class Stats:
         "connections_total",
         "auth_failures",
         "acl_denied",
+        "rate_limited",
+        "subscriptions_refused",
+        "connections_refused",
     )
 
     def __init__(self) -> None:
@@ -91,6 +100,12 @@ class Stats:
         self.auth_failures = 0
         #: PUBLISH and SUBSCRIBE refused by the ACL
         self.acl_denied = 0
+        #: PUBLISH packets over a client's publish_rate or publish_byte_rate
+        self.rate_limited = 0
+        #: subscriptions refused by max_subscriptions
+        self.subscriptions_refused = 0
+        #: connections closed unread by connection_rate
+        self.connections_refused = 0
 
 
 class Shard:
@@ -163,6 +178,10 @@ class Shard:
         self.store: Store | None = None
         #: access control (password file, ACL, Redis auth); None: none configured
         self.access: Access | None = Access(config) if Access.wanted(config) else None
+        #: connection_rate: a bucket per source address (pruned when large)
+        self.connection_buckets: dict[str, TokenBucket] = {}
+        #: (kind, who) -> loop time of the last refusal logged for it
+        self._refusals_logged: dict[tuple[str, str], float] = {}
         self.deadlines: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
@@ -270,6 +289,36 @@ class Shard:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    # -- limits ------------------------------------------------------------------
+
+    def admit_connection(self, address: str) -> bool:
+        """connection_rate: whether a new connection from ``address`` is within
+        the rate (a bucket per address, on the shard's clock)."""
+        now = self.clock()
+        buckets = self.connection_buckets
+        bucket = buckets.get(address)
+        if bucket is None:
+            if len(buckets) >= _MAX_BUCKETS:
+                # forget the addresses that have been quiet for a second or more
+                for addr in [a for a, b in buckets.items() if b.full(now)]:
+                    del buckets[addr]
+            bucket = buckets[address] = TokenBucket(self.config.connection_rate, now)
+        return bucket.take(1, now)
+
+    def log_refusal(self, kind: str, who: str, message: str, *args: object) -> None:
+        """Log a limit's refusal at most once a minute per (kind, client or
+        address); the counters in $SYS count every one."""
+        now = self.loop.time()
+        logged = self._refusals_logged
+        last = logged.get((kind, who))
+        if last is not None and now - last < _REFUSAL_LOG_INTERVAL:
+            return
+        if len(logged) >= _MAX_BUCKETS:
+            for key in [k for k, t in logged.items() if now - t >= _REFUSAL_LOG_INTERVAL]:
+                del logged[key]
+        logged[(kind, who)] = now
+        log.warning(message, *args)
 
     def resume_readers(self) -> None:
         readers = self.paused_readers
@@ -1014,6 +1063,9 @@ class Shard:
             "messages/dropped": st.messages_dropped,
             "clients/auth_failures": st.auth_failures,
             "acl/denied": st.acl_denied,
+            "limits/publish_rate": st.rate_limited,
+            "limits/subscriptions": st.subscriptions_refused,
+            "limits/connection_rate": st.connections_refused,
             "bytes/received": st.bytes_received,
             "bytes/sent": st.bytes_sent,
             "subscriptions/count": len(self.trie) + len(self.shared),

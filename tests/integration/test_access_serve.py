@@ -16,6 +16,7 @@ from shardmq.protocol.constants import ReasonCode
 from shardmq.protocol.packets import (
     Connack,
     Connect,
+    Disconnect,
     Puback,
     Publish,
     Suback,
@@ -204,3 +205,27 @@ def test_redis_auth_in_every_worker(tmp_path: Path, workers: int) -> None:
     finally:
         broker.close()
         redis.stop()
+
+
+def test_limits_per_client_in_every_worker(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_subscriptions and publish_rate hold whichever worker a client
+    lands on (set through the environment, as an operator might)."""
+    monkeypatch.setenv("SHARDMQ_MAX_SUBSCRIPTIONS", "1")
+    monkeypatch.setenv("SHARDMQ_PUBLISH_RATE", "0.01")  # the second message is over
+    broker = Serve([], workers)
+    try:
+        broker.start()
+        for i in range(CONNECTIONS):
+            raw = login(broker.port, 5, None, None, f"l{i}")
+            raw.send(Subscribe(1, [Subscription("a", 1), Subscription("b", 1)]))
+            suback = raw.recv()
+            assert isinstance(suback, Suback)
+            assert suback.reason_codes == [1, ReasonCode.QUOTA_EXCEEDED]
+            assert publish_code(raw, "x", 2) == ReasonCode.NO_MATCHING_SUBSCRIBERS
+            raw.send(Publish("x", b"x", qos=1, packet_id=3))
+            disconnect = raw.recv()
+            assert isinstance(disconnect, Disconnect)
+            assert disconnect.reason_code == ReasonCode.MESSAGE_RATE_TOO_HIGH
+            raw.close()
+    finally:
+        broker.close()
