@@ -59,6 +59,9 @@ class Listener:
     allowed_origins: tuple[str, ...] = ()
     #: Expect a PROXY protocol v1/v2 header before anything else.
     proxy_protocol: bool = False
+    #: Connections at once on this listener (per worker; the one over it gets
+    #: CONNACK 0x89 Server busy, 3.1.1 return code 3); 0: only max_connections.
+    max_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -452,6 +455,7 @@ _LISTENER_TYPES: dict[str, tuple[type, bool]] = {
     "path": (str, False),
     "allowed_origins": (tuple, False),
     "proxy_protocol": (bool, False),
+    "max_connections": (int, False),
 }
 
 
@@ -501,6 +505,8 @@ def _check_listener(index: int, item: object) -> Listener:
     values["type"] = kind
     if not 0 <= int(values["port"]) <= 65535:  # type: ignore[call-overload, unused-ignore]
         raise ConfigError(f"{where}.port", f"must be between 0 and 65535, got {values['port']!r}")
+    if int(values.get("max_connections", 0)) < 0:  # type: ignore[call-overload, unused-ignore]
+        raise ConfigError(f"{where}.max_connections", "must be at least 0")
     path = values.get("path", "/mqtt")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"{where}.path", f"must start with '/', got {path!r}")
@@ -540,6 +546,7 @@ def _resolve(config: Config, listener: Listener) -> Listener:
         path=listener.path,
         allowed_origins=listener.allowed_origins,
         proxy_protocol=listener.proxy_protocol,
+        max_connections=listener.max_connections,
     )
 
 

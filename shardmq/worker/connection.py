@@ -105,6 +105,17 @@ CLOSED = ConnectionState.CLOSED
 _WRITE_HIGH_WATER = 256 * 1024
 
 
+class ListenerLoad:
+    """The connections open on one listener with a max_connections of its
+    own, shared by the connections it accepted."""
+
+    __slots__ = ("limit", "count")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+
 class Connection(asyncio.Protocol):
     __slots__ = (
         "shard",
@@ -129,6 +140,7 @@ class Connection(asyncio.Protocol):
         "acl",
         "rate",
         "_throttle",
+        "load",
         "problem_info",
         "auth_method",
         "write_paused",
@@ -174,6 +186,8 @@ class Connection(asyncio.Protocol):
         )
         #: the timer that resumes reading a client paused for its rate
         self._throttle: asyncio.TimerHandle | None = None
+        #: its listener's count, when that listener has a max_connections
+        self.load: ListenerLoad | None = None
         self.problem_info = True
         self.auth_method: str | None = None
         self.write_paused = False
@@ -206,12 +220,18 @@ class Connection(asyncio.Protocol):
                 "connection_rate", peer[0], "%s: over connection_rate, closed", peer[0]
             )
             self.state = CLOSED
+            self.load = None  # not counted on its listener
             transport.close()
             return
         limit = shard.config.max_connections
         if limit and len(shard.connections) >= limit:
             # answered with CONNACK 0x97/0x89 once the CONNECT tells us the version
             self._over_limit = True
+        load = self.load
+        if load is not None:
+            if load.count >= load.limit:
+                self._over_limit = True
+            load.count += 1
         shard.connections.add(self)
         shard.stats.connections_total += 1
         self.alive = KeepAlive(self.loop.time(), shard.config.connect_timeout)
@@ -245,6 +265,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         shard = self.shard
+        if self.load is not None:
+            self.load.count -= 1
+            self.load = None
         if self._throttle is not None:
             self._throttle.cancel()
             self._throttle = None

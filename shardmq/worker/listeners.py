@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 from ..config import Config, Listener, effective_listeners, listener_setting
 from ..errors import ConfigError
+from .connection import Connection, ListenerLoad
 from .proxy import ProxyLayer
 from .tls import ServerContext, TlsLayer
 from .websocket import WebSocketLayer
@@ -63,6 +64,16 @@ def protocol_factory_for(
     timeout = config.connect_timeout
     kind = listener.type
     proxy = listener.proxy_protocol
+    if listener.max_connections:
+        load = ListenerLoad(listener.max_connections)
+        counted = make_connection
+
+        def make_connection() -> asyncio.Protocol:
+            protocol = counted()
+            if isinstance(protocol, Connection):
+                protocol.load = load
+            return protocol
+
     if kind == "tcp" and not proxy:
         return make_connection
     path = listener.path

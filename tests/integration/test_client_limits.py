@@ -185,3 +185,28 @@ def test_each_refusal_is_logged_once_a_minute_per_client(
     assert len(lines) == 2, lines
     assert "noisy" in lines[0] and "other" in lines[1]
     assert bt.call(lambda: stats(bt).subscriptions_refused) == 4
+
+
+# -- max_connections per listener -------------------------------------------------------
+
+
+def test_a_listener_max_connections_holds_on_that_listener_only(
+    make_broker: MakeBroker, version: int
+) -> None:
+    from shardmq.config import Listener
+    from tests.helpers import wait_for
+    from tests.transports.helpers import listener_port
+
+    bt = make_broker(listeners=(Listener("tcp", 0, max_connections=1),))
+    port = listener_port(bt)
+    first = connect(port, version, "one")
+    busy = RawClient(port, version)
+    _OPEN.append(busy)
+    busy.send_packet(Connect("two", protocol_version=version))
+    busy_code = ReasonCode.SERVER_BUSY if version == 5 else ReasonCode.SERVER_UNAVAILABLE
+    assert expect(busy, Connack).reason_code == busy_code  # 3.1.1: return code 3
+    connect(bt.port, version, "main-1")  # the main port has no such limit
+    connect(bt.port, version, "main-2")
+    first.close()
+    wait_for(lambda: bt.call(lambda: len(bt.broker._shard.connections)) == 2)
+    connect(port, version, "again")
