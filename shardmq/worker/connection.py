@@ -87,12 +87,12 @@ from ..protocol.packets import (
 )
 from ..protocol.session import Message, Session
 from ..protocol.state import ConnectionState, closing_packet
-
-if TYPE_CHECKING:
-    from ..auth.acl import ClientAcl
 from ..socketinfo import tcp_bytes_acked
 from ..storage.base import StoreUnavailable, all_done
 from .shard import Shard
+
+if TYPE_CHECKING:
+    from ..auth.acl import ClientAcl
 
 log = logging.getLogger("shardmq.connection")
 
