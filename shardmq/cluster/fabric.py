@@ -117,14 +117,15 @@ class Fabric:
         """Send ``message`` once to every other shard with matching subscribers."""
         return 0
 
-    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[int, int]]:
-        """Members other shards hold in the shared groups matching ``topic``."""
+    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[Any, int]]:
+        """Members others hold in the shared groups matching ``topic``:
+        (group, filter) -> {holder: members}, a holder being a shard of this
+        host or, in a cluster, a worker process of another node."""
         return {}
 
-    def forward_shared(
-        self, shard_id: int, message: Message, group: str, topic_filter: str
-    ) -> None:
-        pass
+    def forward_shared(self, holder: Any, message: Message, group: str, topic_filter: str) -> None:
+        """``message`` for one member of ``$share/group/topic_filter`` at ``holder``
+        (a key of :meth:`shared_for`)."""
 
     def deliver_to(
         self,

@@ -300,7 +300,7 @@ class LocalFabric(Fabric):
             self.alive.discard(peer)
             self._forget_claims_of(peer)
             self.interest.drop_shard(peer)
-            self.remote_shared = self.interest.has_shared()
+            self._shared_changed()
             for req, (target, fut) in list(self._pending.items()):
                 if target == peer and not fut.done():
                     fut.set_result(None)
@@ -377,10 +377,13 @@ class LocalFabric(Fabric):
                     self._need_sync(peer)
         return n
 
-    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[int, int]]:
+    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[Any, int]]:
         if not self.interest:
             return {}
         return self.interest.shared_for(topic)
+
+    def _shared_changed(self) -> None:
+        self.remote_shared = self.interest.has_shared()
 
     def deliver_to(
         self,
@@ -397,7 +400,7 @@ class LocalFabric(Fabric):
             self._need_sync(shard_id)
 
     def forward_shared(
-        self, shard_id: int, message: Message, group: str, topic_filter: str
+        self, shard_id: Any, message: Message, group: str, topic_filter: str
     ) -> None:
         frame = [
             m.PUBLISH_SHARED,
@@ -731,13 +734,13 @@ class LocalFabric(Fabric):
             )
         elif kind == m.SUB_ADD:
             self.interest.add(peer, frame[1])
-            self.remote_shared = self.interest.has_shared()
+            self._shared_changed()
         elif kind == m.SUB_DEL:
             self.interest.remove(peer, frame[1])
-            self.remote_shared = self.interest.has_shared()
+            self._shared_changed()
         elif kind == m.INTEREST_FULL:
             self.interest.set_full(peer, [(f, c) for f, c in frame[1]])
-            self.remote_shared = self.interest.has_shared()
+            self._shared_changed()
         elif kind == m.RETAIN:
             self._apply_retained(frame[1], frame[2], frame[3])
         elif kind == m.RETAINED_FULL:

@@ -67,6 +67,8 @@ N_PONG = 8  # [.., worker it answers, token]
 N_BYE = 9  # [..]                               the sender stops: forget its interest
 N_TAKE = 10  # [.., worker, client id, epoch wanted, claimant's epoch, clean start]
 N_TAKEN = 11  # [.., worker, client id, claimant's epoch, found]  (owners.py)
+N_SHARE = 12  # [.., version, $share/g/f, members]  the sender's members in a group now
+N_SHARE_PUBLISH = 13  # [.., worker, message, group, filter]  for one member of that worker's
 
 #: what a forwarded message keeps: topic alias and subscription identifiers
 #: are per connection, message expiry travels as time left

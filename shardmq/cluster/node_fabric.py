@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
@@ -75,7 +76,15 @@ class NodeFabric(Fabric):
         store = self.shard.store
         if not isinstance(store, RedisStore):
             raise ConfigError("cluster", 'requires store = "redis"')
+        self.link.shared_changed = self._shared_changed
         await self.link.start(self.shard, store, self.retained_stamps)
+
+    def _host_shared(self) -> bool:
+        return False
+
+    def _shared_changed(self) -> None:
+        # read on every publish: kept as a plain attribute
+        self.remote_shared = self._host_shared() or self.link.interest.has_shared()
 
     async def stop(self) -> None:
         await self.link.stop()
@@ -83,6 +92,24 @@ class NodeFabric(Fabric):
 
     def forward(self, message: Message) -> int:
         return super().forward(message) + self.link.forward(message)
+
+    def shared_for(self, topic: str) -> dict[tuple[str, str], dict[Any, int]]:
+        host = super().shared_for(topic)
+        interest = self.link.interest
+        if not interest.has_shared():
+            return host
+        nodes = interest.shared_for(topic)
+        if not host:
+            return nodes
+        for key, members in nodes.items():
+            host.setdefault(key, {}).update(members)
+        return host
+
+    def forward_shared(self, holder: Any, message: Message, group: str, topic_filter: str) -> None:
+        if isinstance(holder, tuple):  # (node, worker): another node's process
+            self.link.forward_shared(holder, message, group, topic_filter)
+        else:
+            super().forward_shared(holder, message, group, topic_filter)
 
     def subscription_added(self, full_filter: str) -> None:
         super().subscription_added(full_filter)
@@ -184,6 +211,9 @@ class ClusterLocalFabric(NodeFabric, LocalFabric):
 
     def _local_barrier(self) -> Awaitable[None] | None:
         return LocalFabric.barrier(self)
+
+    def _host_shared(self) -> bool:
+        return self.interest.has_shared()
 
     def _local_stored(self) -> asyncio.Future[None] | None:
         return LocalFabric.stored(self)

@@ -43,11 +43,12 @@ worker waits on another, a worker restarting loses nothing for the others,
 and there is no extra hop through the Unix-socket links. A process that
 starts reads from the end the stream had before it announced itself.
 
-Interest. Each process replicates the plain filters its sessions hold (shared
-``$share/...`` filters and ``$SYS`` filters stay on their node) to every other
-node: a delta (``N_SUB_ADD``/``N_SUB_DEL``) when a filter's count goes 0 -> 1
-or back, numbered by the process's epoch (drawn at start) and version (one up
-per delta), in each node's stream, so a delta is ordered with the barrier that
+Interest. Each process replicates the filters its sessions hold (``$SYS``
+filters stay on their node) to every other node: for a plain filter a delta
+(``N_SUB_ADD``/``N_SUB_DEL``) when its count goes 0 -> 1 or back, for a shared
+``$share/g/f`` one an ``N_SHARE`` with its member count at every change,
+numbered by the process's epoch (drawn at start) and version (one up per
+delta), in each node's stream, so a delta is ordered with the barrier that
 follows it (a dedicated interest stream would not be). The full copy is the
 process's interest hash, written in the same batch as its deltas. A receiver
 (``interest.NodeInterest``) reloads the hash when a delta does not follow the
@@ -56,6 +57,13 @@ a node it did not know), when it meets a node, every :data:`RESYNC_INTERVAL`
 seconds if the hash's version differs from its own, and at start. A node whose
 heartbeat is gone is dropped with all its interest; one that stops gracefully
 says so (``N_BYE``).
+
+Shared subscriptions. A publisher picks one member of each matching group
+among all members of the cluster, round-robin weighted by each process's
+count (``Shard._route_shared_everywhere``); one held by another node's process
+gets an ``N_SHARE_PUBLISH`` naming that worker, which delivers it to one of
+its members (``Shard.deliver_shared``). So each message reaches one member
+per group, and a QoS 1/2 one is acknowledged once it is in that node's stream.
 
 Barriers. :meth:`barrier` sends ``N_PING`` behind everything sent to each live
 node; every worker of that node answers ``N_PONG`` once it has applied what came
@@ -76,7 +84,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -116,6 +124,10 @@ _INTEREST = _packb([m.N_INTEREST])
 _BYE = _packb([m.N_BYE])
 
 
+def _nothing() -> None:
+    pass
+
+
 class NodeLink:
     """The Redis side of one worker process of a node (see the module docstring)."""
 
@@ -147,8 +159,11 @@ class NodeLink:
         self._held = self.interest.nodes.by_shard
         #: the other live nodes -> their worker count
         self.live: dict[str, int] = {}
-        #: this process: plain filter -> sessions holding it
+        #: this process: filter (plain or shared) -> sessions holding it
         self.local_counts: dict[str, int] = {}
+        #: called when the other nodes' shared groups may have changed
+        #: (``NodeFabric`` keeps its ``remote_shared`` flag with it)
+        self.shared_changed: Callable[[], None] = _nothing
         self._dirty: set[str] = set()
         self._version = 0
         #: destination node -> frames of this loop iteration
@@ -417,6 +432,15 @@ class NodeLink:
             self._mark_durable()
         return len(nodes)
 
+    def forward_shared(
+        self, proc: Process, message: Message, group: str, topic_filter: str
+    ) -> None:
+        """``message`` for one member of ``$share/group/topic_filter`` held by ``proc``."""
+        packed = self.shard.pack_message(message, time.time())
+        self._send(proc[0], _packb([m.N_SHARE_PUBLISH, proc[1], packed, group, topic_filter]))
+        if message.qos:
+            self._mark_durable()
+
     def stored(self) -> asyncio.Future[None] | None:
         """The future a QoS 1/2 acknowledgement waits for (``Fabric.stored``)."""
         if self._refused is not None:
@@ -434,8 +458,11 @@ class NodeLink:
 
     @staticmethod
     def _replicated(full_filter: str) -> bool:
-        # shared groups and $SYS stay on their node (README "Cluster")
-        return not full_filter.startswith(("$share/", "$SYS"))
+        # $SYS stays on its node (README "Cluster"), in a shared group too
+        if full_filter.startswith("$share/"):
+            inner = full_filter.split("/", 2)[2]
+            return not inner.startswith("$SYS")
+        return not full_filter.startswith("$SYS")
 
     def subscription_added(self, full_filter: str) -> None:
         if not self._replicated(full_filter):
@@ -443,7 +470,10 @@ class NodeLink:
         count = self.local_counts.get(full_filter, 0) + 1
         self.local_counts[full_filter] = count
         self._dirty.add(full_filter)
-        if count == 1:
+        if full_filter.startswith("$share/"):
+            self._version += 1
+            self._broadcast(_packb([m.N_SHARE, self._version, full_filter, count]))
+        elif count == 1:
             self._version += 1
             self._broadcast(_packb([m.N_SUB_ADD, self._version, full_filter]))
         if self.loop is not None:
@@ -458,7 +488,11 @@ class NodeLink:
         else:
             self.local_counts.pop(full_filter, None)
         self._dirty.add(full_filter)
-        if count == 0:
+        if full_filter.startswith("$share/"):
+            # every member counts: the others weigh their picks by it
+            self._version += 1
+            self._broadcast(_packb([m.N_SHARE, self._version, full_filter, max(count, 0)]))
+        elif count == 0:
             self._version += 1
             self._broadcast(_packb([m.N_SUB_DEL, self._version, full_filter]))
         if self.loop is not None:
@@ -525,6 +559,7 @@ class NodeLink:
         self.live.pop(node, None)
         self._leaving.pop(node, None)
         self.interest.drop_node(node)
+        self.shared_changed()
         if not self._closing:
             self.owners.node_lost(node)
         self._out.pop(node, None)
@@ -551,7 +586,9 @@ class NodeLink:
             if version is None:
                 continue  # not written yet: its first entry will have us reload it
             epoch, number = msgpack.unpackb(version)
-            self.interest.load(proc, epoch, number, [f.decode() for f in fields])
+            counts = {f.decode(): int(c) for f, c in fields.items()}
+            self.interest.load(proc, epoch, number, counts)
+        self.shared_changed()
 
     async def _reloader(self) -> None:
         wake = self._stale_wake
@@ -867,7 +904,7 @@ class NodeLink:
         self._seen[proc] = (epoch, number)
         shard = self.shard
         now = time.time()
-        bye = False
+        bye = shared = False
         for frame in unpacker:
             kind = frame[0]
             if kind == m.N_PUBLISH:
@@ -880,6 +917,16 @@ class NodeLink:
                 held = kind == m.N_SUB_ADD
                 if not self.interest.apply(proc, epoch, frame[1], frame[2], held):
                     self._reload_later(proc)
+            elif kind == m.N_SHARE_PUBLISH:
+                if frame[1] == self.worker:
+                    msg = shard.unpack_message(frame[2], now)
+                    msg.src = -1
+                    msg.seq = 0
+                    shard.deliver_shared(msg, frame[3], frame[4])
+            elif kind == m.N_SHARE:
+                if not self.interest.apply(proc, epoch, frame[1], frame[2], frame[3]):
+                    self._reload_later(proc)
+                shared = True
             elif kind == m.N_PING:
                 self._send(node, _packb([m.N_PONG, worker, frame[1]]))
             elif kind == m.N_PONG:
@@ -903,6 +950,8 @@ class NodeLink:
                 self._left(proc)
             else:
                 log.warning("node %s: unknown frame %r from %s", self.node_id, kind, proc)
+        if shared or bye:
+            self.shared_changed()
         if not bye and node not in self.live and node != self.node_id:
             self._met(node, workers)
 

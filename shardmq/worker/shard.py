@@ -749,12 +749,12 @@ class Shard:
                 n += self._deliver_to_group(msg, group)
                 continue
             slot -= local_n
-            for shard_id in sorted(members):
-                if slot < members[shard_id]:
-                    self.fabric.forward_shared(shard_id, msg, key[0], key[1])
+            for holder, count in members.items():
+                if slot < count:
+                    self.fabric.forward_shared(holder, msg, key[0], key[1])
                     n += 1
                     break
-                slot -= members[shard_id]
+                slot -= count
         return n
 
     def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> None:

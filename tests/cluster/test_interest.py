@@ -73,3 +73,28 @@ def test_dropping_a_node_or_a_process() -> None:
     assert A1 not in interest.versions and A1 not in interest.filters
     interest.drop_node("b")
     assert not interest
+
+
+def test_shared_groups_are_kept_per_process_with_their_members() -> None:
+    interest = loaded(A0, A1, B0)
+    assert not interest.has_shared()
+    assert interest.apply(A0, 7, 1, "$share/g/jobs/#", 2)
+    assert interest.apply(B0, 7, 1, "$share/g/jobs/#", 1)
+    assert interest.apply(A1, 7, 1, "$share/h/jobs/x", 1)
+    assert interest.has_shared()
+    # shared filters route per member, never as plain interest
+    assert interest.nodes_for("jobs/x") == set()
+    assert interest.shared_for("jobs/x") == {
+        ("g", "jobs/#"): {A0: 2, B0: 1},
+        ("h", "jobs/x"): {A1: 1},
+    }
+    assert interest.apply(A0, 7, 2, "$share/g/jobs/#", 1)  # one member left
+    assert interest.apply(B0, 7, 2, "$share/g/jobs/#", 0)
+    assert interest.shared_for("jobs/y") == {("g", "jobs/#"): {A0: 1}}
+    # a reload brings counts; what it lacks is gone
+    assert interest.load(A0, 7, 9, {"$share/g/jobs/#": 3, "plain": 5})
+    assert interest.shared_for("jobs/y") == {("g", "jobs/#"): {A0: 3}}
+    assert interest.nodes_for("plain") == {"a"}
+    interest.drop_node("a")
+    assert not interest.has_shared()
+    assert interest.nodes_for("plain") == set()

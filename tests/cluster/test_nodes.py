@@ -18,7 +18,7 @@ import pytest
 from tests.cluster.nodes import NODE_TIMEOUT, Nodes, cut_reader
 from tests.helpers import WAIT, Client, wait_for
 from tests.redis_server import RedisServer, redis_server_path
-from tests.storage.serve import ROOT, free_port
+from tests.storage.serve import ROOT, Serve, free_port
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
 NO_MATCHING_SUBSCRIBERS = 0x10
@@ -207,23 +207,7 @@ def test_subscribers_on_every_worker_of_a_node_get_other_nodes_publishes(nodes: 
     clients publish."""
     a = nodes.start("a", 2, "--app", "tests.cluster.where_app:setup")
     b = nodes.start("b")
-    watcher = nodes.client(a)
-    watcher.subscribe("where/#", qos=1)
-    on: dict[int, Client] = {}
-    for _ in range(60):
-        c = nodes.client(a)
-        while True:
-            msg = watcher.get()
-            if msg.topic == f"where/{c.client_id}":
-                break
-        worker = int(msg.payload)
-        if worker in on:
-            c.disconnect()
-            continue
-        on[worker] = c
-        if len(on) == 2:
-            break
-    assert sorted(on) == [0, 1], "could not land a client on each worker"
+    on = one_client_per_worker(nodes, a)
     for c in on.values():
         c.subscribe("fan/#", qos=1)
     far = nodes.client(b)
@@ -237,6 +221,70 @@ def test_subscribers_on_every_worker_of_a_node_get_other_nodes_publishes(nodes: 
     for worker, c in on.items():
         c.publish(f"back/{worker}", b"from a", qos=1)
     assert sorted(far.get().topic for _ in range(2)) == ["back/0", "back/1"]
+
+
+def one_client_per_worker(nodes: Nodes, node: Serve, **kwargs: object) -> dict[int, Client]:
+    """A client on each of the 2 workers of ``node`` (started with where_app)."""
+    watcher = nodes.client(node)
+    watcher.subscribe("where/#", qos=1)
+    on: dict[int, Client] = {}
+    for _ in range(60):
+        c = nodes.client(node, **kwargs)
+        while True:
+            msg = watcher.get()
+            if msg.topic == f"where/{c.client_id}":
+                break
+        worker = int(msg.payload)
+        if worker in on:
+            c.disconnect()
+            continue
+        on[worker] = c
+        if len(on) == 2:
+            break
+    assert sorted(on) == [0, 1], "could not land a client on each worker"
+    watcher.disconnect()
+    return on
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_a_shared_group_spans_the_nodes(nodes: Nodes, version: int, qos: int) -> None:
+    """A group with a member on node a and one on each worker of node b: what
+    is published on node c and on node a reaches exactly one member each time,
+    every member gets a share, and a plain subscriber gets everything."""
+    a = nodes.start("a")
+    b = nodes.start("b", 2, "--app", "tests.cluster.where_app:setup")
+    c = nodes.start("c")
+    members = [
+        nodes.client(a, version=version),
+        *one_client_per_worker(nodes, b, version=version).values(),
+    ]
+    for member in members:
+        member.subscribe("$share/workers/jobs/#", qos=2)
+    plain = nodes.client(b, version=version)
+    plain.subscribe("jobs/#", qos=2)
+    n = 30
+    for pub, where in (
+        (nodes.client(c, version=version), "c"),
+        (nodes.client(a, version=version), "a"),
+    ):
+        for i in range(n):
+            rc = pub.publish(f"jobs/{where}", f"{where}{i}".encode(), qos=qos, wait=bool(qos))
+            if qos:
+                assert not rc.is_failure
+    expected = sorted(f"{where}{i}" for where in "ca" for i in range(n))
+    got: list[list[str]] = [[] for _ in members]
+
+    def all_in() -> bool:
+        for share, member in zip(got, members, strict=True):
+            share.extend(msg.payload.decode() for msg in member.drain(0.05))
+        return sum(map(len, got)) >= len(expected)
+
+    wait_for(all_in)
+    for member in members:
+        member.expect_nothing(0.3)
+    assert sorted(p for share in got for p in share) == expected  # once each
+    assert all(got), f"a member got nothing: {[len(share) for share in got]}"
+    assert sorted(msg.payload.decode() for msg in plain.drain(0.3)) == expected
 
 
 # -- membership ------------------------------------------------------------------------
