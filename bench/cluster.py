@@ -1,8 +1,8 @@
-"""Cross-node against same-node QoS 1 pairwise throughput (``python -m bench.cluster``).
+"""Cross-node against same-node pairwise throughput (``python -m bench.cluster``).
 
 Starts one redis-server and two ``shardmq serve --store redis --cluster`` nodes
-(a and b), then runs ``bench.load pubsub --pattern pairwise --qos 1`` three ways,
-alternating within each repetition:
+(a and b), then runs ``bench.load pubsub --pattern pairwise --qos Q`` (each QoS
+of ``--qos``) three ways, alternating within each repetition:
 
 same-node    publishers and subscribers on node a (b idle): what a node does
              with the cluster on, its own traffic never touching Redis streams
@@ -11,8 +11,10 @@ cross-node   publishers on a, subscribers on b (``--sub-port``): every message
 no-cluster   one ``--store redis`` broker without ``--cluster``: the baseline
 
 Subscribers are not persistent (clean sessions): the store writes nothing per
-message, so what is measured is the routing. Prints one JSON line per run and,
-with ``--markdown``, a table for bench/RESULTS.md.
+message, so what is measured is the routing. Each run also reports
+redis-server's CPU (cores, averaged over the whole load run, connecting and
+warm-up included). Prints one JSON line per run and, with ``--markdown``, a
+table for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 from bench.brokers import Shardmq
 from bench.persist import ROOT, RedisServer
 
+KINDS = ("no-cluster", "same-node", "cross-node")
 
-def load(args: argparse.Namespace, pub_port: int, sub_port: int, pids: list[int]) -> dict[str, Any]:
+
+def load(
+    args: argparse.Namespace, qos: int, pub_port: int, sub_port: int, pids: list[int]
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "bench.load", "pubsub", "--pattern", "pairwise",
-        "--pubs", str(args.pairs), "--subs", str(args.pairs), "--qos", "1",
+        "--pubs", str(args.pairs), "--subs", str(args.pairs), "--qos", str(qos),
         "--duration", str(args.duration), "--warmup", "2", "--quiet",
         "--port", str(pub_port), "--sub-port", str(sub_port), "--broker-pid", str(pids[0]),
     ]  # fmt: skip
@@ -54,20 +61,26 @@ def node(redis: RedisServer, node_id: str | None, cpus: list[int]) -> Shardmq:
     return Shardmq(cpus=cpus, extra=tuple(extra)).start()
 
 
-def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def run(kind: str, qos: int, args: argparse.Namespace) -> dict[str, Any]:
     redis = RedisServer([int(c) for c in args.redis_cpus.split(",")]).start()
     brokers: list[Shardmq] = []
     try:
         if kind == "no-cluster":
             a = node(redis, None, [0])
             brokers.append(a)
-            return load(args, a.port, a.port, [a.pid])
-        a = node(redis, "a", [0])
-        brokers.append(a)
-        b = node(redis, "b", [1] if (os.cpu_count() or 1) > 1 else [0])
-        brokers.append(b)
-        sub_port = a.port if kind == "same-node" else b.port
-        return load(args, a.port, sub_port, [a.pid, b.pid])
+            pub_port, sub_port, pids = a.port, a.port, [a.pid]
+        else:
+            a = node(redis, "a", [0])
+            brokers.append(a)
+            b = node(redis, "b", [1] if (os.cpu_count() or 1) > 1 else [0])
+            brokers.append(b)
+            pub_port = a.port
+            sub_port = a.port if kind == "same-node" else b.port
+            pids = [a.pid, b.pid]
+        cpu0, t0 = redis.cpu_seconds(), time.monotonic()
+        result = load(args, qos, pub_port, sub_port, pids)
+        result["redis_cpu"] = (redis.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        return result
     finally:
         for b in brokers:
             b.stop()
@@ -81,30 +94,40 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--gen-cpus", default="", help="pin the generator, e.g. 1")
     parser.add_argument("--redis-cpus", default="1", help="pin redis-server, e.g. 1")
+    parser.add_argument("--qos", default="1", help="comma-separated, e.g. 0,1")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    kinds = ("no-cluster", "same-node", "cross-node")
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    kinds = [(q, k) for q in map(int, args.qos.split(",")) for k in KINDS]
+    results: dict[tuple[int, str], list[dict[str, Any]]] = {k: [] for k in kinds}
     for _ in range(args.repeat):
-        for kind in kinds:
-            result = run(kind, args)
+        for qos, kind in kinds:
+            result = run(kind, qos, args)
             result["kind"] = kind
+            result["qos"] = qos
             print(json.dumps(result), flush=True)
-            results[kind].append(result)
+            results[qos, kind].append(result)
     if args.markdown:
-        print("| run | delivered msg/s (median) | lost | dup | p50 latency, ms | p99, ms |")
-        print("|---|---|---|---|---|---|")
-        for kind in kinds:
-            ok = [r for r in results[kind] if "run_failed" not in r]
+        print(
+            "| QoS | run | delivered msg/s (median) | lost | dup "
+            "| node a CPU (cores) | redis CPU (cores) | p50 latency, ms | p99, ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for qos, kind in kinds:
+            ok = [r for r in results[qos, kind] if "run_failed" not in r]
             if not ok:
-                print(f"| {kind} | failed | | | | |")
+                print(f"| {qos} | {kind} | failed | | | | | | |")
                 continue
             rate = statistics.median(r["delivered_per_s"] for r in ok)
             lost = sum(r.get("lost", 0) for r in ok)
             dup = sum(r.get("dup", 0) for r in ok)
+            cpu = statistics.median(r.get("broker_cpu", {}).get("cores", 0.0) for r in ok)
+            rcpu = statistics.median(r["redis_cpu"] for r in ok)
             p50 = statistics.median(r["latency_us"]["p50"] for r in ok) / 1000
             p99 = statistics.median(r["latency_us"]["p99"] for r in ok) / 1000
-            print(f"| {kind} | {rate:,.0f} | {lost} | {dup} | {p50:.2f} | {p99:.2f} |")
+            print(
+                f"| {qos} | {kind} | {rate:,.0f} | {lost} | {dup} | {cpu:.2f} | {rcpu:.2f} "
+                f"| {p50:.2f} | {p99:.2f} |"
+            )
 
 
 if __name__ == "__main__":
