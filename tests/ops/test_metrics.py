@@ -13,12 +13,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Client
+from tests.redis_server import RedisServer, redis_server_path
 from tests.storage.serve import Serve, free_port
 
 DEADLINE = 10.0
@@ -26,9 +28,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class MetricsServe(Serve):
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, store: list[str] | None = None) -> None:
         self.metrics_port = free_port()
-        super().__init__([], workers, "--metrics-port", str(self.metrics_port))
+        super().__init__(store or [], workers, "--metrics-port", str(self.metrics_port))
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +52,11 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
+def wait_for(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {DEADLINE} s")
+            raise AssertionError(f"{what}: not within {within} s")
         time.sleep(0.05)
 
 
@@ -206,3 +208,23 @@ def test_a_taken_metrics_port_is_a_one_line_error() -> None:
     assert proc.returncode != 0
     assert "metrics_port" in proc.stderr and str(metrics_port) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
+def test_readyz_is_503_while_the_redis_store_is_unreachable(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    store = ["--store", "redis", "--redis-url", redis.url, "--store-timeout", "1"]
+    serve = MetricsServe(2, store)
+    try:
+        serve.start()
+        port = serve.metrics_port
+        wait_for(lambda: get(port, "/readyz")[0] == 200, "/readyz 200")
+        redis.stop()
+        # the store notices by its own ping (every second, store_timeout 1 s)
+        wait_for(lambda: get(port, "/readyz") == (503, "store unavailable\n"), "503", 20)
+        assert get(port, "/healthz")[0] == 200  # the workers themselves still answer
+        redis.start()
+        wait_for(lambda: get(port, "/readyz")[0] == 200, "/readyz 200 again", 20)
+    finally:
+        serve.close()
+        redis.stop()
