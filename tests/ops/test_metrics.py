@@ -64,6 +64,9 @@ def metrics(port: int) -> Samples:
     """Every sample of /metrics: (sample name, sorted labels) -> value."""
     status, text = get(port, "/metrics")
     assert status == 200
+    # one TYPE line per family name, as Prometheus' own parser demands
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), sorted(types)
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
