@@ -171,6 +171,10 @@ class Broker:
         self.generation = 0
         self._snapshot_path: str | None = None
         self._autosave: asyncio.TimerHandle | None = None
+        #: the operating HTTP port's socket, bound by the supervisor (worker 0)
+        self.metrics_sock: socket.socket | None = None
+        #: the operating HTTP port (/metrics ...), when this broker serves it
+        self.ops: Any = None
         for name in HOOK_NAMES:
             setattr(self, name, self._decorator(name))
 
@@ -262,7 +266,33 @@ class Broker:
             self._shard = None
             raise
         shard.start_sys()
+        if cfg.metrics_port is not None:
+            await self._start_ops(shard)
         log.info("shardmq listening on %s:%d", cfg.host, self.port)
+
+    async def _start_ops(self, shard: Shard) -> None:
+        """metrics_port: every worker answers for its figures over the fabric;
+        worker 0 serves the HTTP port for the whole broker."""
+        from .worker.http import OpsServer
+        from .worker.metrics import worker_figures
+
+        fabric = shard.fabric
+        if hasattr(fabric, "figures_source"):
+            fabric.figures_source = lambda: worker_figures(shard)
+        if self.worker_id != 0:
+            return
+        cfg = self.config
+        ops = OpsServer(shard)
+        host = cfg.metrics_host if cfg.metrics_host is not None else cfg.host
+        try:
+            await ops.start(self.metrics_sock, host, cfg.metrics_port or 0)
+        except OSError as exc:
+            raise ConfigError(
+                "metrics_port",
+                f"cannot listen on {host}:{cfg.metrics_port}: {exc.strerror or exc}",
+            ) from None
+        self.ops = ops
+        log.info("metrics and health on http://%s:%d/metrics", host, ops.port)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, send v5 clients DISCONNECT 0x8B, close every connection."""
@@ -270,6 +300,9 @@ class Broker:
         if shard is None:
             return
         shard.closing = True
+        if self.ops is not None:
+            await self.ops.stop()
+            self.ops = None
         if self._server is not None:
             self._server.close()
         for server in self.listener_servers:
@@ -576,13 +609,29 @@ def serve(config: Config) -> None:
 
             node_token = new_token()
             claim_before_fork(config, node_token, config.workers)
+        metrics_sock = None
+        if config.metrics_port is not None:
+            # bound here, before the fork, like the MQTT listeners: one socket
+            # for the whole broker, served by worker 0 (the others close it)
+            host = config.metrics_host if config.metrics_host is not None else config.host
+            try:
+                metrics_sock = socket.create_server(
+                    (host, config.metrics_port), reuse_port=False, backlog=128
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    "metrics_port",
+                    f"cannot listen on {host}:{config.metrics_port}: {exc.strerror or exc}",
+                ) from None
         addresses = [(config.host, config.port)]
         # one socket per listener per worker, in start_listeners' order
         addresses += [(str(lst.host), lst.port) for _, lst in effective_listeners(config)]
         supervisor = Supervisor(
             config.workers,
             addresses,
-            functools.partial(run_worker, config=config, node_token=node_token),
+            functools.partial(
+                run_worker, config=config, node_token=node_token, metrics_sock=metrics_sock
+            ),
             pin=config.pin,
             heartbeat_timeout=config.heartbeat_timeout,
             shutdown_timeout=config.shutdown_timeout,

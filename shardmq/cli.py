@@ -148,6 +148,17 @@ def main() -> None:
     help=_help("sys_interval", "Seconds between $SYS updates; 0 disables."),
 )
 @click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help=_help("metrics_port", "HTTP port of /metrics, /healthz and /readyz; none is off."),
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help=_help("metrics_host", "Address of the metrics port; none is --host."),
+)
+@click.option(
     "--store",
     default=None,
     help=_help("store", "Where sessions and retained messages live: memory or redis."),

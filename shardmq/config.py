@@ -160,6 +160,13 @@ class Config:
     #: Seconds between $SYS publications; 0 disables them.
     sys_interval: float = 10.0
 
+    # -- operating: metrics and health -----------------------------------------
+    #: HTTP port of /metrics (Prometheus), /healthz and /readyz, served once
+    #: for the whole broker (by worker 0); None: no HTTP port.
+    metrics_port: int | None = None
+    #: Address of that port; None: ``host``.
+    metrics_host: str | None = None
+
     # -- storage --------------------------------------------------------------
     #: "memory" (optionally snapshotted to persistence_file) or "redis".
     store: str = "memory"
@@ -267,6 +274,7 @@ _RANGES: dict[str, tuple[int | float, int | float | None]] = {
     "auth_redis_pbkdf2_dk_length": (1, None),
     "auth_cache_ttl": (0, None),
     "tls_port": (0, 65535),
+    "metrics_port": (0, 65535),
     "ws_port": (0, 65535),
     "wss_port": (0, 65535),
 }

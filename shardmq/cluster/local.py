@@ -200,6 +200,9 @@ class LocalFabric(Fabric):
         self._syncing: dict[int, tuple[set[int], asyncio.Future[None]]] = {}
         self._sync_token = 0
 
+        #: what this worker answers FIGURES_ASK with (set by the worker)
+        self.figures_source: Callable[[], dict[str, Any]] = dict
+
     def path(self, shard_id: int) -> str:
         return os.path.join(self.run_dir, f"shard-{shard_id}.sock")
 
@@ -708,6 +711,21 @@ class LocalFabric(Fabric):
 
     # -- figures -------------------------------------------------------------------------
 
+    async def ask_figures(self, peer: int, timeout: float) -> dict[str, Any] | None:
+        """``peer``'s figures (``figures_source``), answered from inside its
+        loop; None when it is down or does not answer within ``timeout``."""
+        fut = self._ask(peer, [m.FIGURES_ASK, 0])
+        if fut is None:
+            return None
+        link = self.out.get(peer, {}).get("ctl")
+        if link is not None:
+            link.flush()
+        try:
+            result = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        return result if isinstance(result, dict) else None
+
     def publish_stats(self, figures: dict[str, int]) -> None:
         self._broadcast([m.STATS, self.shard_id, figures])
 
@@ -782,6 +800,8 @@ class LocalFabric(Fabric):
                 current = self.owners.get(client_id)
                 if current is None or current[1] < epoch:
                     self.owners[client_id] = (peer, epoch)
+        elif kind == m.FIGURES_ASK:
+            self._send(peer, "ctl", [m.FIGURES, frame[1], self.figures_source()])
         elif kind == m.STATS:
             self.stats_by_peer[frame[1]] = frame[2]
         else:

@@ -44,7 +44,10 @@ DONE = 18  # [.., client_id, epoch]
 # link; answered once the peer's store holds what they delivered
 SYNC = 19  # [.., token]
 SYNCED = 20  # [.., token, stored (bool)]
-REPLY = frozenset({CLAIMED, SESSION, PONG})
+# metrics and health: worker 0's HTTP side asks, a peer answers
+FIGURES_ASK = 21  # [.., req]
+FIGURES = 22  # [.., req, {name: value}]   answered from inside the peer's loop
+REPLY = frozenset({CLAIMED, SESSION, PONG, FIGURES})
 
 
 # -- between nodes (Redis Streams, ``streams.py``) -----------------------------------

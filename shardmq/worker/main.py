@@ -22,7 +22,9 @@ log = logging.getLogger("shardmq.worker")
 HEARTBEAT_INTERVAL = 1.0
 
 
-def run_worker(ctx: Any, config: Config, node_token: str | None = None) -> int:
+def run_worker(
+    ctx: Any, config: Config, node_token: str | None = None, metrics_sock: Any = None
+) -> int:
     """Run worker ``ctx.worker_id`` until SIGTERM/SIGINT; returns its exit code.
     ``node_token``: with ``cluster``, the node's heartbeat token (every worker
     refreshes the heartbeat with it, ``cluster/nodes.py``)."""
@@ -36,6 +38,11 @@ def run_worker(ctx: Any, config: Config, node_token: str | None = None) -> int:
     broker = Broker(config)
     broker.worker_id = ctx.worker_id
     broker.generation = ctx.generation
+    if metrics_sock is not None:
+        if ctx.worker_id == 0:
+            broker.metrics_sock = metrics_sock
+        else:
+            metrics_sock.close()  # worker 0 serves the broker's one HTTP port
     if config.cluster:
         from ..cluster.node_fabric import ClusterLocalFabric, node_link
 
