@@ -23,13 +23,14 @@ from . import __version__
 from .auth.passwd import PasswordFile, check_username
 from .config import LOG_LEVELS, Config, env_var, load_config
 from .errors import ConfigError
+from .logformat import TEXT_FORMAT, formatter
 
 #: Exit status for a configuration error (the same as click's usage errors).
 EXIT_CONFIG_ERROR = 2
 #: Exit status of ``shardmq passwd`` when it fails (mosquitto_passwd's).
 EXIT_PASSWD_ERROR = 1
 
-LOG_FORMAT = "%(asctime)s %(levelname)-8s [%(process)d] %(name)s: %(message)s"
+LOG_FORMAT = TEXT_FORMAT
 
 _DEFAULTS = Config()
 
@@ -116,6 +117,17 @@ def main() -> None:
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=None,
     help=_help("log_level", "Logging threshold."),
+)
+@click.option(
+    "--log-format",
+    default=None,
+    metavar="text|json",
+    help=_help("log_format", "Log lines as text or as one JSON object per line."),
+)
+@click.option(
+    "--log-connections/--no-log-connections",
+    default=None,
+    help=_help("log_connections", "Log each connect and disconnect (with its reason) at info."),
 )
 @click.option(
     "--max-connections",
@@ -280,7 +292,9 @@ def serve(ctx: click.Context, /, config_file: str | None, **options: object) -> 
     except ConfigError as exc:
         _fail(ctx, exc)
 
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
+    handler = logging.StreamHandler()  # stderr, as basicConfig's
+    handler.setFormatter(formatter(config.log_format))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
 
     # Imported here so that `--help`, `--version` and config errors stay fast
     # and do not load the event loop machinery.

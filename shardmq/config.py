@@ -76,6 +76,11 @@ class Config:
     #: environment and the file also take "auto": one per usable CPU.
     workers: int = 1
     log_level: str = "info"
+    #: "text" (one human-readable line per record) or "json" (one JSON object
+    #: per line: time, level, logger, worker, message, client_id, event, exc).
+    log_format: str = "text"
+    #: One info line per accepted CONNECT and one per connection end (reason).
+    log_connections: bool = True
     #: "module:attr" naming a Broker or a function(broker) that registers hooks.
     app: str | None = None
 
@@ -292,10 +297,12 @@ _POSITIVE = frozenset(
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 #: Allowed values, compared case-insensitively and stored lower-case.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
+    "log_format": LOG_FORMATS,
     "queue_drop_policy": ("oldest", "newest"),
     "publish_rate_action": ("disconnect", "pause"),
     "v311_keep_alive": ("refuse", "accept"),

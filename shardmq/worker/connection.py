@@ -148,6 +148,8 @@ class Connection(asyncio.Protocol):
         "_send_will",
         "_taken_over",
         "_over_limit",
+        "_log_end",
+        "_end",
         "_connect",
         "written",
         "_acks",
@@ -195,6 +197,10 @@ class Connection(asyncio.Protocol):
         self._send_will = True
         self._taken_over = False
         self._over_limit = False
+        #: log_connections: log this connection's end (its connect was logged)
+        self._log_end = False
+        #: why the connection ends, once the broker knows (the disconnect line)
+        self._end: str | None = None
         #: the CONNECT waiting for its AUTH exchange to finish
         self._connect: Connect | None = None
         #: bytes handed to the transport (flow control measures progress by it)
@@ -287,8 +293,18 @@ class Connection(asyncio.Protocol):
         session = self.session
         if session is not None and not self._taken_over:
             shard.detach(self, session, self._send_will)
+        if self._log_end:
+            self._log_end = False
+            reason = self._end
+            if reason is None:
+                reason = f"connection lost: {exc}" if exc else "connection closed"
+            log.info(
+                "client %s disconnected: %s",
+                self.client_id,
+                reason,
+                extra={"client_id": self.client_id, "event": "disconnect", "reason": reason},
+            )
         if prev == CONNECTED:
-            log.debug("client %s disconnected (%s)", self.client_id, exc or "closed")
             hook = shard.hooks.on_disconnect
             if hook is not None and self.handle is not None:
                 self.loop.create_task(self._notify(hook, None))
@@ -370,6 +386,7 @@ class Connection(asyncio.Protocol):
             self.client_id,
             self.shard.config.max_outgoing_buffer,
         )
+        self._ending("slow consumer: outgoing buffer full")
         self.state = CLOSED
         self.transport.abort()
 
@@ -387,8 +404,14 @@ class Connection(asyncio.Protocol):
             PacketType(packet.packet_type).name,
             self.outbox.max_packet,
         )
+        self._ending("packet over the client's maximum packet size")
         self.close()
         return False
+
+    def _ending(self, reason: str) -> None:
+        """Say why the connection ends (the first reason given is kept)."""
+        if self._end is None:
+            self._end = reason
 
     def close(self) -> None:
         """Flush what is queued and close."""
@@ -409,6 +432,11 @@ class Connection(asyncio.Protocol):
             self.peer[0] if self.peer else "?",
             err,
         )
+        if err.reason_code == ReasonCode.KEEP_ALIVE_TIMEOUT:
+            self._ending("keep-alive timeout")
+        else:
+            kind = "protocol error" if isinstance(err, ProtocolViolation) else "error"
+            self._ending(f"{kind} 0x{err.reason_code:02X} {err}")
         answer = closing_packet(err, self.state, self.version, self.problem_info)
         if answer is not None:
             packet, version = answer
@@ -421,6 +449,7 @@ class Connection(asyncio.Protocol):
     def take_over(self) -> None:
         """Another connection claimed this client id [MQTT-3.1.4-3]."""
         self._taken_over = True
+        self._ending("session taken over")
         if self.version == MQTT5 and self.state == CONNECTED:
             self.send(Disconnect(ReasonCode.SESSION_TAKEN_OVER))
         self.session = None
@@ -428,6 +457,7 @@ class Connection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The broker is stopping: v5 clients get DISCONNECT 0x8B."""
+        self._ending("server shutting down")
         if self.state == CONNECTED and self.version == MQTT5:
             self.send(Disconnect(ReasonCode.SERVER_SHUTTING_DOWN))
         if self.state != CLOSED:
@@ -772,14 +802,48 @@ class Connection(asyncio.Protocol):
         self.decoder.max_packet_size = cfg.max_packet_size
         self.write(connack)
         self.state = CONNECTED
-        log.debug(
-            "client %s connected (v%d, session present %s)", self.client_id, self.version, present
-        )
+        if cfg.log_connections:
+            self._log_connect(packet, terms.keep_alive, present)
+        else:
+            log.debug(
+                "client %s connected (v%d, session present %s)",
+                self.client_id,
+                self.version,
+                present,
+            )
         outbox = self.outbox
         now = shard.clock()
         if present:
             outbox.resend(session, now)
         outbox.drain(session, now)
+
+    def _log_connect(self, packet: Connect, keep_alive: int, present: bool) -> None:
+        """log_connections: the connect line (and, later, one for the end)."""
+        self._log_end = True
+        peer = self.peer
+        address = f"{peer[0]}:{peer[1]}" if peer else "-"
+        version = "5" if self.version == MQTT5 else "3.1.1"
+        log.info(
+            "client %s connected from %s (MQTT %s, username %s, clean start %s, "
+            "keep alive %d, session present %s)",
+            self.client_id,
+            address,
+            version,
+            self.username if self.username is not None else "-",
+            packet.clean_start,
+            keep_alive,
+            present,
+            extra={
+                "client_id": self.client_id,
+                "event": "connect",
+                "username": self.username,
+                "remote_address": address,
+                "protocol_version": version,
+                "clean_start": packet.clean_start,
+                "keep_alive": keep_alive,
+                "session_present": present,
+            },
+        )
 
     # -- outbound messages ----------------------------------------------------------
 
@@ -992,6 +1056,7 @@ class Connection(asyncio.Protocol):
             return
         if self.version != MQTT5:
             log.warning("client %s: store unavailable, closing (3.1.1)", self.client_id)
+            self._ending("store unavailable")
             self.close()
             return
         if isinstance(packet, Pubrec) and self.session is not None:
@@ -1232,6 +1297,9 @@ class Connection(asyncio.Protocol):
         self._send_will = on_disconnect(
             self.session, packet, self.version, self.shard.config.max_session_expiry_interval
         )
+        code = packet.reason_code
+        name = ReasonCode(code).name if code in ReasonCode._value2member_map_ else "?"
+        self._ending(f"client DISCONNECT 0x{code:02X} {name}")
         hook = self.shard.hooks.on_disconnect
         if hook is not None:
             h = self.handle

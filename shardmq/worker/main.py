@@ -85,12 +85,15 @@ def run_worker(
 
 
 def _name_worker_in_logs(worker_id: int) -> None:
-    """Prefix every log record of this process with the worker id."""
+    """Prefix every log record of this process with the worker id, and set
+    it as the record's ``worker`` (the ``worker`` field of ``log_format = "json"``,
+    which drops the prefix again: ``shardmq/logformat.py``)."""
     factory = logging.getLogRecordFactory()
 
     def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         rec = factory(*args, **kwargs)
         rec.msg = f"[w{worker_id}] {rec.msg}"
+        rec.__dict__["worker"] = worker_id
         return rec
 
     logging.setLogRecordFactory(record)
