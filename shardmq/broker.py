@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .config import Config, effective_listeners
+from .config import Config, effective_listeners, reload_config
 from .errors import ConfigError
 from .hooks import HOOK_NAMES, ClientHandle, Hook, Hooks
 from .protocol.constants import ReasonCode
@@ -153,6 +153,9 @@ class Broker:
         elif settings:
             config = dataclasses.replace(config, **settings)
         self.config = config
+        #: what ``shardmq serve`` read its settings from (flags, config
+        #: file), read again on SIGHUP; None: an embedded broker's own config
+        self.reload_source: tuple[dict[str, object], str | None] | None = None
         self.hooks = Hooks()
         self.retained = RetainedAPI(self)
         self._shard: Shard | None = None
@@ -455,10 +458,52 @@ class Broker:
         await self.stop()
 
     async def reload(self) -> bool:
-        """SIGHUP: the TLS certificates (:meth:`reload_tls`) and the access
-        files (:meth:`reload_access`); True when everything reloaded."""
+        """SIGHUP: the settings (:meth:`reload_settings`, when the broker was
+        started from flags and a config file), the TLS certificates
+        (:meth:`reload_tls`) and the access files (:meth:`reload_access`);
+        True when everything reloaded."""
+        settings = self.reload_settings()
         tls = await self.reload_tls()
-        return self.reload_access() and tls
+        return self.reload_access() and tls and settings
+
+    def reload_settings(self) -> bool:
+        """Read the settings again from ``reload_source`` (the flags and the
+        config file ``shardmq serve`` was given): the live ones
+        (``config.LIVE_SETTINGS``) apply from now on, to established
+        connections too; any other that changed is logged as needing a
+        restart. A bad file or value is logged in one line naming the setting
+        and the previous settings stay. False in that case."""
+        if self.reload_source is None:
+            return True
+        flags, config_file = self.reload_source
+        try:
+            config, live, restart = reload_config(self.config, flags, config_file)
+        except ConfigError as exc:
+            log.error("config reload: %s; the previous settings stay", " ".join(str(exc).split()))
+            return False
+        if restart:
+            log.warning("config reload: %s changed: needs a restart", ", ".join(restart))
+        if live:
+            self._apply_settings(config)
+        log.info("config reloaded%s", f": {', '.join(live)} changed" if live else "")
+        return True
+
+    def _apply_settings(self, config: Config) -> None:
+        old, self.config = self.config, config
+        if config.log_level != old.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
+        shard = self._shard
+        if shard is None:
+            return
+        shard.config = config
+        if config.connection_rate != old.connection_rate:
+            shard.connection_buckets.clear()  # new buckets at the new rate
+        if (config.publish_rate, config.publish_byte_rate) != (
+            old.publish_rate,
+            old.publish_byte_rate,
+        ):
+            for conn in shard.connections:
+                conn.rate_changed()
 
     def reload_access(self) -> bool:
         """Re-read the password and ACL files; every open connection is held
@@ -584,7 +629,9 @@ def load_app(broker: Broker, spec: str) -> None:
         raise ConfigError("app", f"{spec!r} is neither a Broker nor a callable")
 
 
-def serve(config: Config) -> None:
+def serve(
+    config: Config, reload_source: tuple[dict[str, object], str | None] | None = None
+) -> None:
     """Run a broker with ``config`` until SIGINT/SIGTERM (the CLI's ``serve``).
 
     One worker runs in this process. Several run under a supervisor, one
@@ -630,7 +677,11 @@ def serve(config: Config) -> None:
             config.workers,
             addresses,
             functools.partial(
-                run_worker, config=config, node_token=node_token, metrics_sock=metrics_sock
+                run_worker,
+                config=config,
+                node_token=node_token,
+                metrics_sock=metrics_sock,
+                reload_source=reload_source,
             ),
             pin=config.pin,
             heartbeat_timeout=config.heartbeat_timeout,
@@ -638,6 +689,7 @@ def serve(config: Config) -> None:
         )
         sys.exit(supervisor.run())
     broker = Broker(config)
+    broker.reload_source = reload_source
     if config.app:
         load_app(broker, config.app)
     broker.run()

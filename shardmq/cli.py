@@ -301,7 +301,7 @@ def serve(ctx: click.Context, /, config_file: str | None, **options: object) -> 
     from .broker import serve as run_broker
 
     try:
-        run_broker(config)
+        run_broker(config, (flags, config_file))
     except ConfigError as exc:  # e.g. an --app that cannot be imported
         _fail(ctx, exc)
 

@@ -23,7 +23,7 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .auth.acl import AclFile
 from .auth.hashing import ALGORITHMS, PBKDF2_MAC_FUNS, SALT_POSITIONS, PasswordHasher
@@ -662,6 +662,42 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
         if key not in FIELD_TYPES:
             raise _unknown_setting(key, f"in {where}")
     return dict(data)
+
+
+#: Settings a SIGHUP applies to a running broker (``reload_config``): each is
+#: read where it is used (limits per client are applied to established
+#: connections from their next packet on). Every other setting needs a restart.
+LIVE_SETTINGS = frozenset(
+    {
+        "log_level",
+        "max_subscriptions",
+        "max_outgoing_buffer",
+        "max_connections",
+        "connection_rate",
+        "publish_rate",
+        "publish_byte_rate",
+        "publish_rate_action",
+    }
+)
+
+
+def reload_config(
+    old: Config,
+    flags: Mapping[str, object] | None,
+    config_file: str | os.PathLike[str] | None,
+) -> tuple[Config, list[str], list[str]]:
+    """Read the settings again as ``load_config`` did (flags and environment
+    still win over the file): the new config, with the live settings changed
+    and the others as they were; the live settings that changed; and the
+    others that changed, which need a restart. Raises ``ConfigError`` (the
+    old settings stay) when the file or a value is bad."""
+    new = load_config(flags, config_file)
+    changed = [f.name for f in fields(Config) if getattr(new, f.name) != getattr(old, f.name)]
+    live = [name for name in changed if name in LIVE_SETTINGS]
+    restart = [name for name in changed if name not in LIVE_SETTINGS]
+    if not live:
+        return old, [], restart
+    return replace(old, **{name: getattr(new, name) for name in live}), live, restart
 
 
 def load_config(

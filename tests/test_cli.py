@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_BROKER = """
 import dataclasses, json, logging, sys, types
 broker = types.ModuleType("shardmq.broker")
-def serve(config):
+def serve(config, reload_source=None):
     result = dataclasses.asdict(config)
     result["root_log_level"] = logging.getLogger().level
     print(json.dumps(result))

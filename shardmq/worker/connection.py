@@ -927,6 +927,16 @@ class Connection(asyncio.Protocol):
             self.pause_reading()
             self._throttle = self.loop.call_later(rate.wait(), self._unthrottle)
 
+    def rate_changed(self) -> None:
+        """publish_rate / publish_byte_rate changed (SIGHUP): a fresh bucket
+        under the new limits, from this connection's next PUBLISH on."""
+        cfg = self.shard.config
+        self.rate = (
+            PublishRate(cfg.publish_rate, cfg.publish_byte_rate, self.shard.clock())
+            if cfg.publish_rate or cfg.publish_byte_rate
+            else None
+        )
+
     def _unthrottle(self) -> None:
         self._throttle = None
         self.resume_reading()

@@ -23,7 +23,11 @@ HEARTBEAT_INTERVAL = 1.0
 
 
 def run_worker(
-    ctx: Any, config: Config, node_token: str | None = None, metrics_sock: Any = None
+    ctx: Any,
+    config: Config,
+    node_token: str | None = None,
+    metrics_sock: Any = None,
+    reload_source: tuple[dict[str, object], str | None] | None = None,
 ) -> int:
     """Run worker ``ctx.worker_id`` until SIGTERM/SIGINT; returns its exit code.
     ``node_token``: with ``cluster``, the node's heartbeat token (every worker
@@ -36,6 +40,7 @@ def run_worker(
 
     _name_worker_in_logs(ctx.worker_id)
     broker = Broker(config)
+    broker.reload_source = reload_source
     broker.worker_id = ctx.worker_id
     broker.generation = ctx.generation
     if metrics_sock is not None:
