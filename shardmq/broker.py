@@ -277,15 +277,16 @@ class Broker:
         """metrics_port: every worker answers for its figures over the fabric;
         worker 0 serves the HTTP port for the whole broker."""
         from .worker.http import OpsServer
-        from .worker.metrics import worker_figures
+        from .worker.metrics import LatencyProbe, worker_figures
 
+        probe = LatencyProbe(shard)
         fabric = shard.fabric
         if hasattr(fabric, "figures_source"):
-            fabric.figures_source = lambda: worker_figures(shard)
+            fabric.figures_source = lambda: worker_figures(shard, probe)
         if self.worker_id != 0:
             return
         cfg = self.config
-        ops = OpsServer(shard)
+        ops = OpsServer(shard, probe)
         host = cfg.metrics_host if cfg.metrics_host is not None else cfg.host
         try:
             await ops.start(self.metrics_sock, host, cfg.metrics_port or 0)
@@ -295,7 +296,7 @@ class Broker:
                 f"cannot listen on {host}:{cfg.metrics_port}: {exc.strerror or exc}",
             ) from None
         self.ops = ops
-        log.info("metrics and health on http://%s:%d/metrics", host, ops.port)
+        log.info("metrics, health and status page on http://%s:%d/", host, ops.port)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, send v5 clients DISCONNECT 0x8B, close every connection."""

@@ -77,6 +77,9 @@ class _Link(asyncio.Protocol):
         self.closed = False
         #: bytes handed to the transport (flow control measures progress by it)
         self.written = 0
+        #: frames written (counted per write, not per frame sent) and bytes read
+        self.frames = 0
+        self.read = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,6 +87,7 @@ class _Link(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
+        self.read += len(data)
         unpacker = self._unpacker
         unpacker.feed(data)
         fabric = self.fabric
@@ -147,6 +151,7 @@ class _Link(asyncio.Protocol):
         if out and self.transport is not None and not self.closed:
             self._out = []
             data = out[0] if len(out) == 1 else b"".join(out)
+            self.frames += len(out)
             self.written += len(data)
             self.transport.write(data)
 
@@ -202,6 +207,8 @@ class LocalFabric(Fabric):
 
         #: what this worker answers FIGURES_ASK with (set by the worker)
         self.figures_source: Callable[[], dict[str, Any]] = dict
+        self._incoming: set[_Link] = set()
+        self._read_gone = 0  # bytes read on incoming links since closed
 
     def path(self, shard_id: int) -> str:
         return os.path.join(self.run_dir, f"shard-{shard_id}.sock")
@@ -291,10 +298,14 @@ class LocalFabric(Fabric):
             link.send([m.OWNED, owned])
 
     def incoming_up(self, link: _Link) -> None:
+        self._incoming.add(link)
         if link.kind == "ctl" and link.peer is not None:
             self.alive.add(link.peer)
 
     def link_lost(self, link: _Link) -> None:
+        if link in self._incoming:
+            self._incoming.discard(link)
+            self._read_gone += link.read
         peer = link.peer
         if peer is None or self._closing:
             return
@@ -710,6 +721,16 @@ class LocalFabric(Fabric):
             del self.owners[client_id]
 
     # -- figures -------------------------------------------------------------------------
+
+    def link_traffic(self) -> dict[str, int]:
+        """Frames and bytes this worker wrote to its peers, bytes it read."""
+        frames = sent = 0
+        for links in self.out.values():
+            for link in links.values():
+                frames += link.frames
+                sent += link.written
+        received = self._read_gone + sum(link.read for link in self._incoming)
+        return {"frames_sent": frames, "bytes_sent": sent, "bytes_received": received}
 
     async def ask_figures(self, peer: int, timeout: float) -> dict[str, Any] | None:
         """``peer``'s figures (``figures_source``), answered from inside its

@@ -48,6 +48,11 @@ class Counters(Protocol):
 
     messages_sent: int
     messages_dropped: int
+    #: deliveries by QoS; only QoS 1 and 2 are counted here
+    sent_qos: list[int]
+    dropped_queue_full: int
+    dropped_acl: int
+    dropped_expired: int
 
 
 def remaining_expiry(msg: Message, now: float) -> int | None:
@@ -173,9 +178,11 @@ class Outbox:
         readable = self.readable
         if readable is not None and not readable(msg.topic):
             self.stats.messages_dropped += 1
+            self.stats.dropped_acl += 1
             return
         expiry = remaining_expiry(msg, now)
         if expiry == -1:
+            self.stats.dropped_expired += 1
             return  # expired: never delivered [MQTT-3.3.2-5]
         if qos == 0:
             tmpl = msg.template or msg.encoder()
@@ -196,6 +203,7 @@ class Outbox:
         if session.pending or len(session.inflight) >= self.window:
             if not session.enqueue((msg, qos, retain, ids)):
                 self.stats.messages_dropped += 1
+                self.stats.dropped_queue_full += 1
             return
         self._send_qos(session, msg, qos, retain, ids, expiry)
 
@@ -216,6 +224,7 @@ class Outbox:
             return
         session.put_inflight(pid, Outbound(msg, qos, retain, ids))
         self.stats.messages_sent += 1
+        self.stats.sent_qos[qos] += 1
         self.write(data)
 
     def encode(
@@ -290,6 +299,7 @@ class Outbox:
             session.end_flight(pid)
             return False
         self.stats.messages_sent += 1
+        self.stats.sent_qos[out.qos] += 1
         self.write(data)
         return True
 
@@ -313,10 +323,12 @@ class Outbox:
             session.pop_pending()
             expiry = remaining_expiry(msg, now)
             if expiry == -1:
+                self.stats.dropped_expired += 1
                 continue
             if self.readable is not None and not self.readable(msg.topic):
                 # queued while the rules allowed it, or before a reload denied it
                 self.stats.messages_dropped += 1
+                self.stats.dropped_acl += 1
                 continue
             if qos == 0:
                 data = self.encode(msg, 0, retain, False, 0, ids, expiry)

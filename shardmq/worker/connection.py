@@ -109,11 +109,13 @@ class ListenerLoad:
     """The connections open on one listener with a max_connections of its
     own, shared by the connections it accepted."""
 
-    __slots__ = ("limit", "count")
+    __slots__ = ("limit", "count", "name")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, name: str = "") -> None:
         self.limit = limit
         self.count = 0
+        #: the listener as metrics name it ("ws:8080")
+        self.name = name
 
 
 class Connection(asyncio.Protocol):
@@ -376,6 +378,7 @@ class Connection(asyncio.Protocol):
         ):
             # what was just written is discarded by the abort: count it
             self.shard.stats.messages_dropped += len(out)
+            self.shard.stats.dropped_slow_consumer += len(out)
             self._cut_off_slow_consumer()
 
     def _cut_off_slow_consumer(self) -> None:
@@ -861,6 +864,7 @@ class Connection(asyncio.Protocol):
                 and transport.get_write_buffer_size() > self.shard.config.max_outgoing_buffer
             ):
                 self.shard.stats.messages_dropped += 1
+                self.shard.stats.dropped_slow_consumer += 1
                 self._cut_off_slow_consumer()
                 return
         self.outbox.deliver(session, msg, qos, retain, ids, self.shard.clock())
@@ -885,7 +889,7 @@ class Connection(asyncio.Protocol):
         session = self.session
         assert session is not None
         verdict = check_publish(packet, self.version, self.aliases_in, session.inbound_qos2, cfg)
-        shard.stats.messages_received += 1
+        shard.stats.received_qos[packet.qos] += 1
         if verdict == DUPLICATE:
             # a resend of a message already routed: acknowledge only
             assert packet.packet_id is not None
@@ -900,6 +904,7 @@ class Connection(asyncio.Protocol):
             shard.stats.acl_denied += 1
             if packet.qos == 0:
                 shard.stats.messages_dropped += 1
+                shard.stats.dropped_acl += 1
             self._ack_publish(packet, ReasonCode.NOT_AUTHORIZED, "not authorized")
             return None
         qos = packet.qos

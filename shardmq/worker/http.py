@@ -1,4 +1,4 @@
-"""The operating port: /metrics, /healthz and /readyz.
+"""The operating port: /metrics, /healthz, /readyz, /api/v1/stats and the status page.
 
 Served once for the whole broker, by worker 0 (the single-process broker
 serves it itself): the supervisor binds the socket before it forks, as it
@@ -12,11 +12,13 @@ code path with MQTT.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from typing import TYPE_CHECKING
 
-from .metrics import gather, render_prometheus
+from .metrics import LatencyProbe, gather, render_prometheus, stats_json
+from .status_page import STATUS_PAGE
 
 if TYPE_CHECKING:
     from .shard import Shard
@@ -40,8 +42,9 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class OpsServer:
     """The operating HTTP port of one broker, in worker 0's loop."""
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: Shard, probe: LatencyProbe) -> None:
         self.shard = shard
+        self.probe = probe
         self.server: asyncio.Server | None = None
 
     async def start(self, sock: socket.socket | None, host: str, port: int) -> None:
@@ -104,16 +107,24 @@ class OpsServer:
 
     async def route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
-            figures, _missing = await gather(self.shard)
+            figures, _missing = await gather(self.shard, self.probe)
             return 200, PROMETHEUS_TYPE, render_prometheus(figures)
         if path == "/healthz":
-            _figures, missing = await gather(self.shard)
+            _figures, missing = await gather(self.shard, self.probe)
             if missing:
                 text = "unresponsive workers: " + ", ".join(map(str, missing)) + "\n"
                 return 503, "text/plain", text.encode()
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             return self._ready()
+        if path == "/api/v1/stats":
+            figures, missing = await gather(self.shard, self.probe)
+            cluster = self.shard.fabric.cluster_stats()
+            nodes = cluster[0] if cluster is not None else None
+            body = json.dumps(stats_json(figures, missing, nodes)).encode()
+            return 200, "application/json", body
+        if path == "/":
+            return 200, "text/html; charset=utf-8", STATUS_PAGE
         return 404, "text/plain", b"not found\n"
 
     def _ready(self) -> tuple[int, str, bytes]:

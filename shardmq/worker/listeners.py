@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from collections.abc import Callable, Mapping
 
 from ..config import Config, Listener, effective_listeners, listener_setting
@@ -64,8 +65,12 @@ def protocol_factory_for(
     timeout = config.connect_timeout
     kind = listener.type
     proxy = listener.proxy_protocol
-    if listener.max_connections:
-        load = ListenerLoad(listener.max_connections)
+    if listener.max_connections or config.metrics_port is not None:
+        # counted per listener for its limit, or for the metrics (per
+        # connection, never per message); without a limit it never refuses
+        load = ListenerLoad(
+            listener.max_connections or sys.maxsize, f"{listener.type}:{listener.port}"
+        )
         counted = make_connection
 
         def make_connection() -> asyncio.Protocol:

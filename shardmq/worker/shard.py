@@ -76,8 +76,13 @@ HELD_LIMIT = 100_000
 
 class Stats:
     __slots__ = (
-        "messages_received",
+        "received_qos",
         "messages_sent",
+        "sent_qos",
+        "dropped_queue_full",
+        "dropped_slow_consumer",
+        "dropped_acl",
+        "dropped_expired",
         "bytes_received",
         "bytes_sent",
         "messages_dropped",
@@ -90,8 +95,18 @@ class Stats:
     )
 
     def __init__(self) -> None:
-        self.messages_received = 0
+        #: PUBLISH packets received, by QoS (messages_received is their sum)
+        self.received_qos = [0, 0, 0]
         self.messages_sent = 0
+        #: deliveries at QoS 1 and 2 (messages_sent counts every QoS; only the
+        #: QoS 1/2 path pays for this split)
+        self.sent_qos = [0, 0, 0]
+        #: the reasons of some of messages_dropped (the rest: too large for
+        #: the client); expired messages are counted apart from it
+        self.dropped_queue_full = 0
+        self.dropped_slow_consumer = 0
+        self.dropped_acl = 0
+        self.dropped_expired = 0
         self.bytes_received = 0
         self.bytes_sent = 0
         self.messages_dropped = 0
@@ -106,6 +121,10 @@ class Stats:
         self.subscriptions_refused = 0
         #: connections closed unread by connection_rate
         self.connections_refused = 0
+
+    @property
+    def messages_received(self) -> int:
+        return sum(self.received_qos)
 
 
 class Shard:
@@ -1030,6 +1049,7 @@ class Shard:
                 return
             if not session.enqueue((msg, qos, retain, ids)):
                 self.stats.messages_dropped += 1
+                self.stats.dropped_queue_full += 1
             return
         conn.send_message(msg, qos, retain, ids)
 

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -83,6 +84,12 @@ def worker_pids(serve: Serve) -> list[int]:
     return [p.pid for p in psutil.Process(serve.proc.pid).children()]
 
 
+def summed(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
 def test_metrics_are_one_endpoint_summed_over_both_workers(broker: MetricsServe) -> None:
     port = broker.metrics_port
     before = metrics(port)
@@ -101,7 +108,8 @@ def test_metrics_are_one_endpoint_summed_over_both_workers(broker: MetricsServe)
         assert all(v > 0 for v in per_worker(now, "shardmq_worker_resident_memory_bytes").values())
         assert set(per_worker(now, "shardmq_worker_cpu_seconds_total")) == {"0", "1"}
         assert (
-            now[("shardmq_connections_total", ())] - before[("shardmq_connections_total", ())] == 6
+            summed(now, "shardmq_connections_total") - summed(before, "shardmq_connections_total")
+            == 6
         )
 
         sub = clients[0]
@@ -114,13 +122,14 @@ def test_metrics_are_one_endpoint_summed_over_both_workers(broker: MetricsServe)
             f"m{i}".encode() for i in range(n)
         )
 
-        def moved(name: str) -> float:
-            return metrics(port)[(name, ())] - before[(name, ())]
+        def moved(name: str, **labels: str) -> float:
+            return summed(metrics(port), name, **labels) - summed(before, name, **labels)
 
-        wait_for(lambda: moved("shardmq_messages_received_total") >= n, f"{n} received")
-        assert moved("shardmq_messages_received_total") == n
         wait_for(lambda: moved("shardmq_messages_sent_total") >= n, f"{n} sent")
-        assert moved("shardmq_messages_sent_total") == n
+        # by QoS: exactly the n QoS 1 messages, nothing at QoS 0 or 2
+        for qos, expected in (("0", 0), ("1", n), ("2", 0)):
+            assert moved("shardmq_messages_received_total", qos=qos) == expected
+            assert moved("shardmq_messages_sent_total", qos=qos) == expected
         assert moved("shardmq_bytes_received_total") > 0
         assert moved("shardmq_bytes_sent_total") > 0
     finally:

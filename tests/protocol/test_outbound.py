@@ -23,6 +23,10 @@ class Stats:
     def __init__(self) -> None:
         self.messages_sent = 0
         self.messages_dropped = 0
+        self.sent_qos = [0, 0, 0]
+        self.dropped_queue_full = 0
+        self.dropped_acl = 0
+        self.dropped_expired = 0
 
 
 class Client:
