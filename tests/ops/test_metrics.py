@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,6 @@ class MetricsServe(Serve):
     def __init__(self, workers: int, store: list[str] | None = None) -> None:
         self.metrics_port = free_port()
         super().__init__(store or [], workers, "--metrics-port", str(self.metrics_port))
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[MetricsServe]:
-    serve = MetricsServe(2)
-    serve.start()
-    try:
-        wait_for(lambda: get(serve.metrics_port, "/readyz")[0] == 200, "/readyz 200")
-        yield serve
-    finally:
-        serve.close()
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -4,23 +4,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from tests.helpers import Client
 from tests.ops.test_metrics import MetricsServe, get, metrics, summed, wait_for
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[MetricsServe]:
-    serve = MetricsServe(2)
-    serve.start()
-    try:
-        wait_for(lambda: get(serve.metrics_port, "/readyz")[0] == 200, "ready")
-        yield serve
-    finally:
-        serve.close()
 
 
 def stats(serve: MetricsServe) -> dict:  # type: ignore[type-arg]
