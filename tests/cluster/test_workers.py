@@ -40,6 +40,7 @@ class Cluster:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             "w+", prefix=f"shardmq-cluster-{self.port}-", suffix=".log", delete=False
         )
+        out = open(self.log.name, "ab")  # noqa: SIM115 (append, its own offset: see log_text)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -61,9 +62,10 @@ class Cluster:
                 *(extra or []),
             ],
             cwd=ROOT,
-            stdout=self.log,
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
+        out.close()  # the broker has its copy
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
@@ -110,9 +112,10 @@ class Cluster:
         raise AssertionError(f"could not land a client on worker {worker}")
 
     def log_text(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        # its own handle: seeking the one the broker writes through would let
+        # a write land over the start of the log
+        with open(self.log.name, errors="replace") as log:
+            return log.read()
 
     def close(self) -> None:
         for c in self.clients:

@@ -71,9 +71,13 @@ class Serve:
         sockets accept before the workers run, and a worker still booting when
         a test stops the broker would neither serve nor save anything."""
         before = len(self.log_text())
-        self.proc = subprocess.Popen(
-            self.argv(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        # the broker writes through its own append-mode handle: sharing
+        # self.log's file offset, the seek(0) in log_text would let a write
+        # land over the start of the log
+        with open(self.log.name, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            )
         ready = "serving (generation" if self.workers > 1 else "shardmq listening"
         deadline = time.monotonic() + 15
         while True:
@@ -98,9 +102,8 @@ class Serve:
         return code
 
     def log_text(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        with open(self.log.name, errors="replace") as log:  # an offset of its own
+            return log.read()
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
