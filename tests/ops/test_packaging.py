@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -95,6 +96,18 @@ def test_wheel_builds_installs_and_serves(tmp_path: Path) -> None:
         timeout=60,
     )
     py = venv / "bin" / "python"
+    # run from a venv, --system-site-packages reaches the base interpreter's
+    # packages, not this one's: add this one's too (after the venv's own, and
+    # as plain paths, so no .pth of theirs, an editable shardmq's included, runs)
+    site_dir = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(site_dir) / "_test_parent.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
     subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
