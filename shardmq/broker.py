@@ -276,6 +276,7 @@ class Broker:
     async def _start_ops(self, shard: Shard) -> None:
         """metrics_port: every worker answers for its figures over the fabric;
         worker 0 serves the HTTP port for the whole broker."""
+        from .worker import admin
         from .worker.http import OpsServer
         from .worker.metrics import LatencyProbe, worker_figures
 
@@ -283,6 +284,8 @@ class Broker:
         fabric = shard.fabric
         if hasattr(fabric, "figures_source"):
             fabric.figures_source = lambda: worker_figures(shard, probe)
+        if hasattr(fabric, "admin_source"):
+            fabric.admin_source = lambda op, args: admin.local(shard, op, args)
         if self.worker_id != 0:
             return
         cfg = self.config

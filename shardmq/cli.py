@@ -9,6 +9,8 @@ value. A bad setting is one line on stderr and exit status 2.
 ``shardmq passwd`` manages a Mosquitto password file as ``mosquitto_passwd``
 does (same options, same file format); its errors are one line on stderr
 and exit status 1, as mosquitto_passwd's.
+
+``shardmq ctl`` asks a running broker through its admin API (``shardmq.ctl``).
 """
 
 from __future__ import annotations
@@ -377,3 +379,12 @@ def passwd(
 def _passwd_fail(ctx: click.Context, message: str) -> NoReturn:
     click.echo(f"shardmq passwd: error: {' '.join(message.split())}", err=True)
     ctx.exit(EXIT_PASSWD_ERROR)
+
+
+def _add_ctl() -> None:
+    from .ctl import ctl
+
+    main.add_command(ctl)
+
+
+_add_ctl()

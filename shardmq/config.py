@@ -171,6 +171,10 @@ class Config:
     metrics_port: int | None = None
     #: Address of that port; None: ``host``.
     metrics_host: str | None = None
+    #: The admin API's token on that port (``Authorization: Bearer <token>``;
+    #: ``shardmq ctl`` reads it from SHARDMQ_ADMIN_TOKEN too); None: the
+    #: admin routes are off.
+    admin_token: str | None = None
 
     # -- storage --------------------------------------------------------------
     #: "memory" (optionally snapshotted to persistence_file) or "redis".
@@ -400,7 +404,7 @@ def _check_value(name: str, value: object) -> object:
             raise ConfigError(
                 name, f"expected redis://host:port/db, rediss://... or unix://..., got {shown!r}"
             )
-    if name in ("redis_prefix", "password_file", "acl_file") and value == "":
+    if name in ("redis_prefix", "password_file", "acl_file", "admin_token") and value == "":
         raise ConfigError(name, "must not be empty")
     # node_id becomes part of Redis keys and of the heartbeat: printable, one word
     if (
@@ -427,6 +431,8 @@ def _validate(config: Config) -> None:
             checked = _check_value(field.name, _check_type(field.name, value))
         if checked is not value:
             object.__setattr__(config, field.name, checked)
+    if config.admin_token is not None and config.metrics_port is None:
+        raise ConfigError("admin_token", "the admin API is served on metrics_port: set it too")
     if config.cluster and config.store != "redis":
         raise ConfigError("cluster", f'requires store = "redis" (got {config.store!r})')
     for label, listener in effective_listeners(config):
@@ -670,6 +676,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
 LIVE_SETTINGS = frozenset(
     {
         "log_level",
+        "admin_token",
         "max_subscriptions",
         "max_outgoing_buffer",
         "max_connections",

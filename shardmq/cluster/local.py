@@ -207,6 +207,8 @@ class LocalFabric(Fabric):
 
         #: what this worker answers FIGURES_ASK with (set by the worker)
         self.figures_source: Callable[[], dict[str, Any]] = dict
+        #: what this worker answers ADMIN_ASK with: (op, args) -> result
+        self.admin_source: Callable[[str, dict[str, Any]], Any] = lambda op, args: None
         self._incoming: set[_Link] = set()
         self._read_gone = 0  # bytes read on incoming links since closed
 
@@ -735,17 +737,37 @@ class LocalFabric(Fabric):
     async def ask_figures(self, peer: int, timeout: float) -> dict[str, Any] | None:
         """``peer``'s figures (``figures_source``), answered from inside its
         loop; None when it is down or does not answer within ``timeout``."""
-        fut = self._ask(peer, [m.FIGURES_ASK, 0])
+        result = await self._ask_now(peer, [m.FIGURES_ASK, 0], timeout)
+        return result if isinstance(result, dict) else None
+
+    async def ask_admin(
+        self, peer: int, op: str, args: dict[str, Any], timeout: float
+    ) -> tuple[bool, Any]:
+        """``peer``'s answer to the admin operation ``op`` (``admin_source``):
+        (True, result), or (False, None) when it is down or silent."""
+        fut = self._ask(peer, [m.ADMIN_ASK, 0, op, args])
+        if fut is None:
+            return False, None
+        return await self._flushed_wait(peer, fut, timeout)
+
+    async def _ask_now(self, peer: int, frame: list[Any], timeout: float) -> Any:
+        fut = self._ask(peer, frame)
         if fut is None:
             return None
+        return (await self._flushed_wait(peer, fut, timeout))[1]
+
+    async def _flushed_wait(
+        self, peer: int, fut: asyncio.Future[Any], timeout: float
+    ) -> tuple[bool, Any]:
+        """Flush the request out now (an operator is waiting, not a batch) and
+        wait for its reply."""
         link = self.out.get(peer, {}).get("ctl")
         if link is not None:
             link.flush()
         try:
-            result = await asyncio.wait_for(fut, timeout)
+            return True, await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            return None
-        return result if isinstance(result, dict) else None
+            return False, None
 
     def publish_stats(self, figures: dict[str, int]) -> None:
         self._broadcast([m.STATS, self.shard_id, figures])
@@ -823,6 +845,13 @@ class LocalFabric(Fabric):
                     self.owners[client_id] = (peer, epoch)
         elif kind == m.FIGURES_ASK:
             self._send(peer, "ctl", [m.FIGURES, frame[1], self.figures_source()])
+        elif kind == m.ADMIN_ASK:
+            try:
+                result = self.admin_source(frame[2], frame[3])
+            except Exception:
+                log.exception("shard %d: admin %r failed", self.shard_id, frame[2])
+                result = None
+            self._send(peer, "ctl", [m.ADMIN, frame[1], result])
         elif kind == m.STATS:
             self.stats_by_peer[frame[1]] = frame[2]
         else:

@@ -47,7 +47,10 @@ SYNCED = 20  # [.., token, stored (bool)]
 # metrics and health: worker 0's HTTP side asks, a peer answers
 FIGURES_ASK = 21  # [.., req]
 FIGURES = 22  # [.., req, {name: value}]   answered from inside the peer's loop
-REPLY = frozenset({CLAIMED, SESSION, PONG, FIGURES})
+# the admin API: worker 0's HTTP side asks every worker about its own clients
+ADMIN_ASK = 23  # [.., req, op, {arg: value}]
+ADMIN = 24  # [.., req, result]   answered from inside the peer's loop
+REPLY = frozenset({CLAIMED, SESSION, PONG, FIGURES, ADMIN})
 
 
 # -- between nodes (Redis Streams, ``streams.py``) -----------------------------------

@@ -12,11 +12,17 @@ code path with MQTT.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import parse_qs, unquote
 
+from ..cluster.nodes import node_id_of
+from ..errors import MQTTError
+from ..protocol.topics import validate_topic_name
+from . import admin
 from .metrics import LatencyProbe, gather, render_prometheus, stats_json
 from .status_page import STATUS_PAGE
 
@@ -27,16 +33,95 @@ log = logging.getLogger("shardmq.http")
 
 #: a request line and headers larger than this are refused (431)
 MAX_HEAD = 16 * 1024
+#: a request body larger than this is refused (413)
+MAX_BODY = 1024 * 1024
+METHODS = frozenset({"GET", "HEAD", "POST", "DELETE"})
+ADMIN_PREFIXES = (
+    "/api/v1/clients",
+    "/api/v1/subscriptions",
+    "/api/v1/publish",
+    "/api/v1/retained",
+)
 READ_TIMEOUT = 10.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: DEFAULT_LIMIT rows a page unless ?limit= says otherwise (up to MAX_LIMIT)
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+
+#: status, content type, body
+Answer = tuple[int, str, bytes]
+
+
+class Request(NamedTuple):
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+
+def _json(status: int, value: Any) -> Answer:
+    return status, "application/json", json.dumps(value).encode() + b"\n"
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed and not (method == "HEAD" and "GET" in allowed):
+        raise admin.AdminError(405, f"method {method} not allowed here")
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None or value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    raise admin.AdminError(400, f"{name}: expected true or false, got {value!r}")
+
+
+def _number(req: Request, name: str, default: int, high: int) -> int:
+    text = req.arg(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= high:
+        raise admin.AdminError(400, f"{name}: expected a number from 1 to {high}, got {text!r}")
+    return value
+
+
+def _page(req: Request, rows: list[Any], missing: list[int]) -> dict[str, Any]:
+    """One page of ``rows`` (?page=, from 1, and ?limit=), EMQX's layout."""
+    page = _number(req, "page", 1, 1 << 31)
+    limit = _number(req, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+    start = (page - 1) * limit
+    meta = {"page": page, "limit": limit, "count": len(rows), "hasnext": start + limit < len(rows)}
+    out: dict[str, Any] = {"data": rows[start : start + limit], "meta": meta}
+    if missing:
+        out["missing_workers"] = missing
+    return out
+
+
+def _not_found(what: str, name: str, missing: list[int]) -> Answer:
+    if missing:
+        workers = ", ".join(map(str, missing))
+        return _json(503, {"error": f"no {what} {name!r} found; workers {workers} did not answer"})
+    return _json(404, {"error": f"no {what} {name!r}"})
 
 
 class OpsServer:
@@ -67,28 +152,36 @@ class OpsServer:
     # -- one request per connection ------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
         try:
-            status, ctype, body = await asyncio.wait_for(self._answer(reader), READ_TIMEOUT)
+            request = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+            if isinstance(request, Request):
+                head_only = request.method == "HEAD"
+                status, ctype, body = await self.route(request)
+            else:
+                status, ctype, body = request
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return
         except Exception:
             log.exception("http: request failed")
             status, ctype, body = 500, "text/plain", b"internal error\n"
+        extra = 'WWW-Authenticate: Bearer realm="shardmq"\r\n' if status == 401 else ""
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}"
             "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
         )
         try:
-            writer.write(head.encode("latin-1") + body)
+            writer.write(head.encode("latin-1") + (b"" if head_only else body))
             await writer.drain()
         except ConnectionError:
             pass
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
+    async def _read(self, reader: asyncio.StreamReader) -> Request | Answer:
+        """The request, or the answer to one that cannot be served."""
         try:
             raw = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -100,12 +193,35 @@ class OpsServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return 400, "text/plain", b"bad request line\n"
         method, target = parts[0], parts[1]
-        path = target.split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
+        if method not in METHODS:
             return 405, "text/plain", b"method not allowed\n"
-        return await self.route(path)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        body = b""
+        if method in ("POST", "DELETE") and "transfer-encoding" in headers:
+            return 411, "text/plain", b"send a Content-Length\n"
+        if "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                return 400, "text/plain", b"bad Content-Length\n"
+            if length < 0:
+                return 400, "text/plain", b"bad Content-Length\n"
+            if length > MAX_BODY:
+                return 413, "text/plain", b"request body too large\n"
+            body = await reader.readexactly(length)
+        path, _, query = target.partition("?")
+        return Request(method, path, parse_qs(query), headers, body)
 
-    async def route(self, path: str) -> tuple[int, str, bytes]:
+    async def route(self, request: Request) -> Answer:
+        path = request.path
+        if path.startswith(ADMIN_PREFIXES):
+            return await self._admin(request)
+        if request.method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
         if path == "/metrics":
             figures, _missing = await gather(self.shard, self.probe)
             return 200, PROMETHEUS_TYPE, render_prometheus(figures)
@@ -126,6 +242,91 @@ class OpsServer:
         if path == "/":
             return 200, "text/html; charset=utf-8", STATUS_PAGE
         return 404, "text/plain", b"not found\n"
+
+    # -- the admin API (admin_token) -------------------------------------------------
+
+    async def _admin(self, request: Request) -> Answer:
+        token = self.shard.config.admin_token
+        if token is None:
+            return _json(404, {"error": "the admin API is off: set admin_token"})
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            log.warning("admin API: request without the right token refused")
+            return _json(401, {"error": "missing or wrong token (Authorization: Bearer ...)"})
+        try:
+            return await self._admin_route(request)
+        except admin.AdminError as exc:
+            return _json(exc.status, {"error": str(exc)})
+
+    async def _admin_route(self, req: Request) -> Answer:
+        shard = self.shard
+        method, path = req.method, req.path
+        if path == "/api/v1/clients":
+            _allow(method, "GET")
+            args = {"prefix": req.arg("prefix"), "username": req.arg("username")}
+            answers, missing = await admin.ask_all(shard, "clients", args)
+            rows = sorted((row for rows in answers for row in rows), key=lambda r: r["client_id"])
+            return _json(200, _page(req, rows, missing))
+        if path.startswith("/api/v1/clients/"):
+            client_id = unquote(path[len("/api/v1/clients/") :])
+            if method in ("GET", "HEAD"):
+                answers, missing = await admin.ask_all(shard, "client", {"id": client_id})
+                for found in answers:
+                    if found is not None:
+                        if shard.config.cluster:
+                            found["node"] = node_id_of(shard.config)
+                        return _json(200, found)
+                return _not_found("client", client_id, missing)
+            _allow(method, "DELETE")
+            discard = _flag(req.arg("discard"), "discard")
+            answers, missing = await admin.ask_all(
+                shard, "kick", {"id": client_id, "discard": discard}
+            )
+            for done in answers:
+                if done is not None:
+                    return _json(200, {"client_id": client_id, "result": done})
+            return _not_found("connected client", client_id, missing)
+        if path == "/api/v1/subscriptions":
+            _allow(method, "GET")
+            topic = req.arg("topic")
+            if topic is None:
+                raise admin.AdminError(400, "topic: give ?topic=...")
+            try:
+                validate_topic_name(topic)
+            except MQTTError as exc:
+                raise admin.AdminError(400, f"topic: {exc}") from None
+            answers, missing = await admin.ask_all(shard, "subscriptions", {"topic": topic})
+            rows = sorted(
+                (row for rows in answers for row in rows),
+                key=lambda r: (r["client_id"], r["topic_filter"]),
+            )
+            return _json(200, _page(req, rows, missing))
+        if path == "/api/v1/publish":
+            _allow(method, "POST")
+            try:
+                body = json.loads(req.body or b"null")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise admin.AdminError(400, f"body: not JSON: {exc}") from None
+            matched = admin.publish(shard, body)
+            return _json(200, {"published": True, "matched_here": matched})
+        if path == "/api/v1/retained":
+            _allow(method, "GET")
+            rows = admin.retained_list(shard, req.arg("filter") or "#")
+            return _json(200, _page(req, rows, []))
+        if path.startswith("/api/v1/retained/"):
+            topic = unquote(path[len("/api/v1/retained/") :])
+            if method in ("GET", "HEAD"):
+                found = admin.retained_get(shard, topic)
+                if found is None:
+                    return _json(404, {"error": f"no retained message on {topic!r}"})
+                return _json(200, found)
+            _allow(method, "DELETE")
+            if not admin.retained_delete(shard, topic):
+                return _json(404, {"error": f"no retained message on {topic!r}"})
+            return _json(200, {"topic": topic, "deleted": True})
+        return _json(404, {"error": f"no admin route {path}"})
 
     def _ready(self) -> tuple[int, str, bytes]:
         """Listeners bound (this server starts after them) and, with the Redis
