@@ -20,6 +20,8 @@ svg{width:100%;height:60px;display:block}
 polyline{fill:none;stroke:#2a6fdb;stroke-width:1.5}
 table{border-collapse:collapse;width:100%}
 td,th{text-align:left;padding:2px 6px;border-bottom:1px solid #eee;font-size:.9em}
+td{overflow-wrap:anywhere}
+th,td+td{white-space:nowrap}
 .bad{color:#b00020}
 </style></head><body>
 <h1>shardmq <span id="state"></span></h1>
@@ -39,7 +41,7 @@ td,th{text-align:left;padding:2px 6px;border-bottom:1px solid #eee;font-size:.9e
 &middot; dropped <b id="dropped">-</b> &middot; subscriptions <b id="subs">-</b></div></div>
 </div>
 <div class="grid" style="margin-top:12px">
-<div class="card"><h2>Workers</h2><table id="workers"></table></div>
+<div class="card" style="grid-column:span 2"><h2>Workers</h2><table id="workers"></table></div>
 <div class="card"><h2>Busiest topics (sampled)</h2><table id="topics"></table></div>
 </div>
 <script>
