@@ -269,14 +269,31 @@ class Broker:
             self._shard = None
             raise
         shard.start_sys()
+        self._answer_admin(shard)
         if cfg.metrics_port is not None:
             await self._start_ops(shard)
         log.info("shardmq listening on %s:%d", cfg.host, self.port)
 
+    @staticmethod
+    def _answer_admin(shard: Shard) -> None:
+        """Every worker answers the admin API's questions about its own clients,
+        over the links between workers and, in a cluster, from other nodes
+        (which may serve the API where this node does not)."""
+        from .worker import admin
+
+        def answer(op: str, args: dict[str, Any]) -> Any:
+            return admin.local(shard, op, args)
+
+        fabric: Any = shard.fabric
+        if hasattr(fabric, "admin_source"):
+            fabric.admin_source = answer
+        link = getattr(fabric, "link", None)
+        if link is not None:
+            link.admin_source = answer
+
     async def _start_ops(self, shard: Shard) -> None:
         """metrics_port: every worker answers for its figures over the fabric;
         worker 0 serves the HTTP port for the whole broker."""
-        from .worker import admin
         from .worker.http import OpsServer
         from .worker.metrics import LatencyProbe, worker_figures
 
@@ -284,8 +301,6 @@ class Broker:
         fabric = shard.fabric
         if hasattr(fabric, "figures_source"):
             fabric.figures_source = lambda: worker_figures(shard, probe)
-        if hasattr(fabric, "admin_source"):
-            fabric.admin_source = lambda op, args: admin.local(shard, op, args)
         if self.worker_id != 0:
             return
         cfg = self.config

@@ -75,6 +75,9 @@ N_TAKE = 10  # [.., worker, client id, epoch wanted, claimant's epoch, clean sta
 N_TAKEN = 11  # [.., worker, client id, claimant's epoch, found]  (owners.py)
 N_SHARE = 12  # [.., version, $share/g/f, members]  the sender's members in a group now
 N_SHARE_PUBLISH = 13  # [.., worker, message, group, filter]  for one member of that worker's
+# the admin API: every process of the asked node answers for its own clients
+N_ADMIN_ASK = 14  # [.., token, op, {arg: value}]
+N_ADMIN = 15  # [.., worker it answers, token, result]
 
 #: what a forwarded message keeps: topic alias and subscription identifiers
 #: are per connection, message expiry travels as time left

@@ -72,6 +72,12 @@ node reaches it; so does the acknowledgement of a retained QoS 1/2 PUBLISH, so
 a subscriber on any node then sees it. A barrier waits for the batch carrying
 its PINGs, then at most :data:`BARRIER_TIMEOUT` for the answers.
 
+Admin. The admin API of a node (``worker/admin.py``) asks the other nodes with
+an ``N_ADMIN_ASK`` in each live node's stream; every process of that node reads
+it and answers for its own clients with an ``N_ADMIN`` naming the asking
+worker, so the asker knows whose answers are still missing when it stops
+waiting.
+
 Retained. A retained change is sent to every live node with the time it was
 made; a node applies it to its in-memory retained store unless it holds a
 newer one for the topic. The publishing node's store writes ``P:retained``, and
@@ -200,6 +206,11 @@ class NodeLink:
         self.cluster_figures: tuple[int, dict[str, int]] | None = None
         #: the client ids this process owns in the cluster (``owners.py``)
         self.owners = Owners(self)
+        #: what this process answers N_ADMIN_ASK with: (op, args) -> result
+        #: (set by the broker; ``worker/admin.py``)
+        self.admin_source: Callable[[str, dict[str, Any]], Any] | None = None
+        #: admin token -> (processes still to answer, answers, future)
+        self._admin_asks: dict[int, tuple[set[Process], list[Any], asyncio.Future[None]]] = {}
 
     # -- keys ------------------------------------------------------------------------
 
@@ -650,6 +661,53 @@ class NodeLink:
                     sums[name] = sums.get(name, 0) + value
         self.cluster_figures = (len(nodes), sums)
 
+    # -- the admin API across nodes ---------------------------------------------------------
+
+    async def ask_admin(
+        self, op: str, args: dict[str, Any], timeout: float
+    ) -> tuple[list[Any], list[str]]:
+        """Every process of every other live node answers ``op`` for its own
+        clients (``admin_source``): their answers, and the nodes of which some
+        process did not answer within ``timeout``."""
+        if not self._joined or self.loop is None or not self.live:
+            return [], []
+        self._token += 1
+        token = self._token
+        waiting = {(node, w) for node, workers in self.live.items() for w in range(workers)}
+        answers: list[Any] = []
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._admin_asks[token] = (waiting, answers, done)
+        frame = _packb([m.N_ADMIN_ASK, token, op, args])
+        for node in list(self.live):
+            self._send(node, frame)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._admin_asks.pop(token, None)
+        return answers, sorted({node for node, _w in waiting})
+
+    def _admin_asked(self, node: str, worker: int, token: int, op: str, args: Any) -> None:
+        source = self.admin_source
+        result = None
+        if source is not None:
+            try:
+                result = source(op, args)
+            except Exception:
+                log.exception("node %s: admin %r from %s failed", self.node_id, op, node)
+        self._send(node, _packb([m.N_ADMIN, worker, token, result]))
+
+    def _admin_answered(self, proc: Process, token: int, result: Any) -> None:
+        entry = self._admin_asks.get(token)
+        if entry is None or proc not in entry[0]:
+            return  # late, or written twice
+        waiting, answers, done = entry
+        waiting.discard(proc)
+        answers.append(result)
+        if not waiting and not done.done():
+            done.set_result(None)
+
     # -- membership ------------------------------------------------------------------------
 
     async def _beat(self) -> None:
@@ -945,6 +1003,11 @@ class NodeLink:
             elif kind == m.N_TAKEN:
                 if frame[1] == self.worker:
                     self.owners.on_taken(frame[2], frame[3], frame[4])
+            elif kind == m.N_ADMIN_ASK:
+                self._admin_asked(node, worker, frame[1], frame[2], frame[3])
+            elif kind == m.N_ADMIN:
+                if frame[1] == self.worker:
+                    self._admin_answered(proc, frame[2], frame[3])
             elif kind == m.N_BYE:
                 bye = True
                 self._left(proc)

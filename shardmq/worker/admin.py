@@ -21,8 +21,9 @@ import asyncio
 import base64
 import binascii
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..cluster.nodes import node_id_of
 from ..errors import MQTTError
 from ..protocol.constants import MQTT5, ReasonCode
 from ..protocol.packets import Properties
@@ -95,6 +96,8 @@ def _summary(shard: Shard, session: Session) -> dict[str, Any]:
         "dropped": session.dropped,
         "session_expiry_interval": None if expiry == NEVER_EXPIRES else expiry,
     }
+    if shard.config.cluster:
+        out["node"] = node_id_of(shard.config)
     if conn is not None:
         out["protocol"] = "5.0" if conn.version == MQTT5 else "3.1.1"
         peer = conn.peer
@@ -144,17 +147,20 @@ def receivers(shard: Shard, topic: str) -> list[dict[str, Any]]:
     """The subscriptions of this worker that match ``topic``; of a shared
     group, every member (one of them would get each message)."""
     out = []
+    where: dict[str, Any] = {"worker": shard.shard_id}
+    if shard.config.cluster:
+        where["node"] = node_id_of(shard.config)
     for subscribers in shard.trie.match(topic):
         for cid, sub in subscribers.items():
             entry = _subscription(sub.topic_filter, sub)
             entry["client_id"] = cid
-            entry["worker"] = shard.shard_id
+            entry.update(where)
             out.append(entry)
     for group in shard.shared.match(topic):
         for cid, sub in group.members.items():
             entry = _subscription(f"$share/{group.name}/{group.topic_filter}", sub)
             entry["client_id"] = cid
-            entry["worker"] = shard.shard_id
+            entry.update(where)
             out.append(entry)
     return out
 
@@ -162,22 +168,42 @@ def receivers(shard: Shard, topic: str) -> list[dict[str, Any]]:
 # -- the whole broker, asked from worker 0 --------------------------------------------
 
 
-async def ask_all(shard: Shard, op: str, args: dict[str, Any]) -> tuple[list[Any], list[int]]:
-    """Every worker's answer to ``op`` (this one's first) and the workers that
-    did not answer within ASK_TIMEOUT."""
+class Answers(NamedTuple):
+    #: every answer, this worker's first
+    answers: list[Any]
+    #: the workers of this node that did not answer
+    missing_workers: list[int]
+    #: the other nodes of which some worker did not answer (cluster)
+    missing_nodes: list[str]
+
+
+async def ask_all(shard: Shard, op: str, args: dict[str, Any]) -> Answers:
+    """Every worker's answer to ``op``: this one's, the other workers' of this
+    node over the links between workers, and in a cluster every worker's of
+    every other live node through Redis (``NodeLink.ask_admin``), each within
+    ASK_TIMEOUT."""
     answers = [local(shard, op, args)]
     fabric: Any = shard.fabric
-    if not fabric.distributed or not hasattr(fabric, "ask_admin"):
-        return answers, []
-    peers = [p for p in range(fabric.workers) if p != shard.shard_id]
-    replies = await asyncio.gather(*(fabric.ask_admin(p, op, args, ASK_TIMEOUT) for p in peers))
-    missing = []
-    for peer, (answered, result) in zip(peers, replies, strict=True):
+    missing: list[int] = []
+    asks: list[Any] = []
+    peers: list[int] = []
+    if fabric.distributed and hasattr(fabric, "ask_admin"):
+        peers = [p for p in range(fabric.workers) if p != shard.shard_id]
+        asks = [fabric.ask_admin(p, op, args, ASK_TIMEOUT) for p in peers]
+    link = getattr(fabric, "link", None)
+    if link is not None:
+        asks.append(link.ask_admin(op, args, ASK_TIMEOUT))
+    replies = await asyncio.gather(*asks)
+    for peer, (answered, result) in zip(peers, replies, strict=False):
         if answered:
             answers.append(result)
         else:
             missing.append(peer)
-    return answers, missing
+    missing_nodes: list[str] = []
+    if link is not None:
+        remote, missing_nodes = replies[-1]
+        answers.extend(remote)
+    return Answers(answers, missing, missing_nodes)
 
 
 def publish(shard: Shard, body: Any) -> int:

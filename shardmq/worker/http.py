@@ -19,7 +19,6 @@ import socket
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
-from ..cluster.nodes import node_id_of
 from ..errors import MQTTError
 from ..protocol.topics import validate_topic_name
 from . import admin
@@ -105,22 +104,37 @@ def _number(req: Request, name: str, default: int, high: int) -> int:
     return value
 
 
-def _page(req: Request, rows: list[Any], missing: list[int]) -> dict[str, Any]:
+def _page(req: Request, rows: list[Any], asked: admin.Answers | None = None) -> dict[str, Any]:
     """One page of ``rows`` (?page=, from 1, and ?limit=), EMQX's layout."""
     page = _number(req, "page", 1, 1 << 31)
     limit = _number(req, "limit", DEFAULT_LIMIT, MAX_LIMIT)
     start = (page - 1) * limit
     meta = {"page": page, "limit": limit, "count": len(rows), "hasnext": start + limit < len(rows)}
     out: dict[str, Any] = {"data": rows[start : start + limit], "meta": meta}
-    if missing:
-        out["missing_workers"] = missing
+    if asked is not None and asked.missing_workers:
+        out["missing_workers"] = asked.missing_workers
+    if asked is not None and asked.missing_nodes:
+        out["missing_nodes"] = asked.missing_nodes
     return out
 
 
-def _not_found(what: str, name: str, missing: list[int]) -> Answer:
-    if missing:
-        workers = ", ".join(map(str, missing))
-        return _json(503, {"error": f"no {what} {name!r} found; workers {workers} did not answer"})
+def _pick_session(found: list[Any]) -> Any:
+    """The session of a client id that more than one process answered for:
+    the connected one (a takeover across nodes may leave the old owner's
+    offline copy until its store write lands), else the first."""
+    sessions = [f for f in found if f is not None]
+    for session in sessions:
+        if session["connected"]:
+            return session
+    return sessions[0] if sessions else None
+
+
+def _not_found(what: str, name: str, asked: admin.Answers) -> Answer:
+    silent = [f"worker {w}" for w in asked.missing_workers]
+    silent += [f"node {n}" for n in asked.missing_nodes]
+    if silent:
+        text = f"no {what} {name!r} found; {', '.join(silent)} did not answer"
+        return _json(503, {"error": text})
     return _json(404, {"error": f"no {what} {name!r}"})
 
 
@@ -266,28 +280,28 @@ class OpsServer:
         if path == "/api/v1/clients":
             _allow(method, "GET")
             args = {"prefix": req.arg("prefix"), "username": req.arg("username")}
-            answers, missing = await admin.ask_all(shard, "clients", args)
-            rows = sorted((row for rows in answers for row in rows), key=lambda r: r["client_id"])
-            return _json(200, _page(req, rows, missing))
+            asked = await admin.ask_all(shard, "clients", args)
+            rows = sorted(
+                (row for rows in asked.answers if rows for row in rows),
+                key=lambda r: r["client_id"],
+            )
+            return _json(200, _page(req, rows, asked))
         if path.startswith("/api/v1/clients/"):
             client_id = unquote(path[len("/api/v1/clients/") :])
             if method in ("GET", "HEAD"):
-                answers, missing = await admin.ask_all(shard, "client", {"id": client_id})
-                for found in answers:
-                    if found is not None:
-                        if shard.config.cluster:
-                            found["node"] = node_id_of(shard.config)
-                        return _json(200, found)
-                return _not_found("client", client_id, missing)
+                asked = await admin.ask_all(shard, "client", {"id": client_id})
+                found = _pick_session(asked.answers)
+                if found is not None:
+                    return _json(200, found)
+                return _not_found("client", client_id, asked)
             _allow(method, "DELETE")
             discard = _flag(req.arg("discard"), "discard")
-            answers, missing = await admin.ask_all(
-                shard, "kick", {"id": client_id, "discard": discard}
-            )
-            for done in answers:
-                if done is not None:
-                    return _json(200, {"client_id": client_id, "result": done})
-            return _not_found("connected client", client_id, missing)
+            asked = await admin.ask_all(shard, "kick", {"id": client_id, "discard": discard})
+            done = [result for result in asked.answers if result is not None]
+            if done:
+                result = "discarded" if "discarded" in done else done[0]
+                return _json(200, {"client_id": client_id, "result": result})
+            return _not_found("connected client", client_id, asked)
         if path == "/api/v1/subscriptions":
             _allow(method, "GET")
             topic = req.arg("topic")
@@ -297,12 +311,12 @@ class OpsServer:
                 validate_topic_name(topic)
             except MQTTError as exc:
                 raise admin.AdminError(400, f"topic: {exc}") from None
-            answers, missing = await admin.ask_all(shard, "subscriptions", {"topic": topic})
+            asked = await admin.ask_all(shard, "subscriptions", {"topic": topic})
             rows = sorted(
-                (row for rows in answers for row in rows),
+                (row for rows in asked.answers if rows for row in rows),
                 key=lambda r: (r["client_id"], r["topic_filter"]),
             )
-            return _json(200, _page(req, rows, missing))
+            return _json(200, _page(req, rows, asked))
         if path == "/api/v1/publish":
             _allow(method, "POST")
             try:
@@ -314,7 +328,7 @@ class OpsServer:
         if path == "/api/v1/retained":
             _allow(method, "GET")
             rows = admin.retained_list(shard, req.arg("filter") or "#")
-            return _json(200, _page(req, rows, []))
+            return _json(200, _page(req, rows))
         if path.startswith("/api/v1/retained/"):
             topic = unquote(path[len("/api/v1/retained/") :])
             if method in ("GET", "HEAD"):
