@@ -206,6 +206,11 @@ class NodeLink:
         self.cluster_figures: tuple[int, dict[str, int]] | None = None
         #: the client ids this process owns in the cluster (``owners.py``)
         self.owners = Owners(self)
+        #: traffic with the other nodes (``/metrics``): frames queued for them,
+        #: bytes of the entries handed to Redis, bytes of the entries read
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
         #: what this process answers N_ADMIN_ASK with: (op, args) -> result
         #: (set by the broker; ``worker/admin.py``)
         self.admin_source: Callable[[str, dict[str, Any]], Any] | None = None
@@ -364,6 +369,7 @@ class NodeLink:
     # -- sending ---------------------------------------------------------------------
 
     def _send(self, node: str, frame: bytes) -> None:
+        self.frames_sent += 1
         buf = self._out.get(node)
         if buf is None:
             buf = self._out[node] = bytearray()
@@ -412,6 +418,8 @@ class NodeLink:
         if out:
             self._out = {}
             for node, frames in out.items():
+                entry = self._entry_for(node, bytes(frames))
+                self.bytes_sent += len(entry)
                 store.append(
                     "XADD",
                     self.stream_key(node),
@@ -420,7 +428,7 @@ class NodeLink:
                     STREAM_MAXLEN,
                     "*",
                     "e",
-                    self._entry_for(node, bytes(frames)),
+                    entry,
                 )
         fut = self._durable
         if fut is not None:
@@ -948,6 +956,7 @@ class NodeLink:
         data = fields.get(b"e")
         if data is None:
             return
+        self.bytes_received += len(data)
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         unpacker.feed(data)
         head = unpacker.unpack()

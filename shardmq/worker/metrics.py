@@ -114,6 +114,16 @@ def worker_figures(shard: Shard, probe: LatencyProbe | None = None) -> dict[str,
         listeners[name] = listeners.get(name, 0) + 1
     fabric = shard.fabric
     link = fabric.link_traffic() if hasattr(fabric, "link_traffic") else {}
+    node_link: Any = getattr(fabric, "link", None)
+    nodes = (
+        {
+            "frames_sent": node_link.frames_sent,
+            "bytes_sent": node_link.bytes_sent,
+            "bytes_received": node_link.bytes_received,
+        }
+        if node_link is not None
+        else {}
+    )
     store = shard.store
     return {
         "worker": shard.shard_id,
@@ -149,6 +159,7 @@ def worker_figures(shard: Shard, probe: LatencyProbe | None = None) -> dict[str,
         "auth_failures": st.auth_failures,
         "listeners": listeners,
         "link": link,
+        "node_link": nodes,
         "cpu_seconds": cpu.user + cpu.system,
         "rss_bytes": proc.memory_info().rss,
         "latency": [list(probe.counts), probe.total] if probe is not None else None,
@@ -254,21 +265,22 @@ class _Figures(Collector):
         yield listeners
         link_frames = CounterMetricFamily(
             "shardmq_link_messages",
-            "Frames written to the other workers.",
+            "Frames sent to the other workers (scope=workers) or nodes (scope=nodes).",
             labels=["worker", "scope"],
         )
         link_bytes = CounterMetricFamily(
             "shardmq_link_bytes",
-            "Bytes exchanged with the other workers.",
+            "Bytes exchanged with the other workers or, through Redis, nodes.",
             labels=["worker", "scope", "direction"],
         )
         for f in figs:
-            link = f["link"]
-            if link:
-                w = str(f["worker"])
-                link_frames.add_metric([w, "workers"], link["frames_sent"])
-                link_bytes.add_metric([w, "workers", "sent"], link["bytes_sent"])
-                link_bytes.add_metric([w, "workers", "received"], link["bytes_received"])
+            w = str(f["worker"])
+            for scope, key in (("workers", "link"), ("nodes", "node_link")):
+                link = f.get(key)
+                if link:
+                    link_frames.add_metric([w, scope], link["frames_sent"])
+                    link_bytes.add_metric([w, scope, "sent"], link["bytes_sent"])
+                    link_bytes.add_metric([w, scope, "received"], link["bytes_received"])
         yield link_frames
         yield link_bytes
         yield per_worker(
