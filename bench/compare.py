@@ -436,6 +436,7 @@ def medians(
         ("gen", "generator_cpu.cores"),
         ("share", "generator_cpu.share"),
         ("b", "broker_cpu.cores"),
+        ("bus", "broker_cpu.us_per_op"),
     )
     for _, path in scenario.metrics + extra:
         values = [get(r, path) for r in ok]
@@ -505,7 +506,7 @@ def render_markdown(
                 f"{baseline.key} ({baseline.transport.upper()}) {baseline.metrics[0][0]}",
                 f"{scenario.transport.upper()} / {baseline.transport.upper()}",
             ]
-        header += ["generator CPU", "broker CPU"]
+        header += ["generator CPU", "broker CPU", "broker CPU us/op"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         base, _, _ = medians(runs, scenario, mosq)
@@ -527,7 +528,11 @@ def render_markdown(
                 row.append(fmt(other))
                 own = med[first_path]
                 row.append(f"{own / other:.2f}x" if own and other else "-")
-            row += [fmt(med["generator_cpu.cores"]), fmt(med["broker_cpu.cores"])]
+            row += [
+                fmt(med["generator_cpu.cores"]),
+                fmt(med["broker_cpu.cores"]),
+                fmt(med["broker_cpu.us_per_op"]),
+            ]
             lines.append("| " + " | ".join(row) + " |")
             for failure in sorted(set(failures)):
                 notes.append(f"- {t.label}: {failures.count(failure)} run(s) failed: {failure}")
@@ -550,6 +555,10 @@ def render_markdown(
         "",
         "CPU columns are cores used during the measured window (user+system seconds over wall "
         "time; the generator's sum over all its processes, the broker's over its process tree). "
+        "Broker CPU us/op is the broker's CPU microseconds per operation of that window (per "
+        "connection in S1, per SUBACK in S2, per delivered message otherwise): it does not "
+        "depend on the generator's speed, so it compares the brokers where the generator "
+        "bounds the rate. "
         "Saturated runs are closed-loop: each publisher keeps at most `--window` messages that "
         "its subscribers have not yet received, so their latency is queueing time, not network "
         "time; S6 measures latency at a fixed rate. Raw runs: `bench/results.json`.",

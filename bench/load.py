@@ -1421,7 +1421,14 @@ class Run:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return ru.ru_utime + ru.ru_stime
 
-    def cpu_report(self, gen_cpu_s: float, broker_cpu_s: float | None, wall: float) -> dict:
+    def cpu_report(
+        self, gen_cpu_s: float, broker_cpu_s: float | None, wall: float, ops: int
+    ) -> dict:
+        """CPU over the measured window: cores used, and CPU microseconds per
+        operation (``ops``: the connections, SUBACKs or deliveries of that
+        window). The broker's per-operation cost does not depend on how fast
+        the generator is, so it compares brokers even where the generator
+        bounds the rate."""
         available = len(self.opts.cpus) if self.opts.cpus else len(os.sched_getaffinity(0))
         cores = gen_cpu_s / wall if wall > 0 else 0.0
         report: dict[str, Any] = {
@@ -1429,10 +1436,14 @@ class Run:
                 "cores": round(cores, 3),
                 "available": available,
                 "share": round(cores / available, 3),
+                "us_per_op": round(gen_cpu_s * 1e6 / ops, 2) if ops else None,
             }
         }
         if broker_cpu_s is not None:
-            report["broker_cpu"] = {"cores": round(broker_cpu_s / wall, 3) if wall else 0.0}
+            report["broker_cpu"] = {
+                "cores": round(broker_cpu_s / wall, 3) if wall else 0.0,
+                "us_per_op": round(broker_cpu_s * 1e6 / ops, 2) if ops else None,
+            }
         # Busy share of every CPU of the machine over the same window: anything else running
         # (a busy CPU that neither the broker nor the generator accounts for) shows up here.
         report["machine_cpu_busy"] = [
@@ -1484,7 +1495,7 @@ class Run:
         bcpu = bcpu1 - bcpu0 if bcpu0 is not None and bcpu1 is not None else None
         # CPU over the parent's own interval between the two samples (from the start signal to
         # the last process reporting): broker and generator are measured over the same time.
-        out.update(self.cpu_report(gen, bcpu, snapped))
+        out.update(self.cpu_report(gen, bcpu, snapped, total))
         out.update(self.errors(results))
         return out
 
@@ -1516,7 +1527,7 @@ class Run:
         }
         gen = sum(r["cpu_s"] for r in results) + (own1 - own0)
         bcpu = bcpu1 - bcpu0 if bcpu0 is not None and bcpu1 is not None else None
-        out.update(self.cpu_report(gen, bcpu, snapped))
+        out.update(self.cpu_report(gen, bcpu, snapped, subacks))
         out.update(self.errors(results))
         return out
 
@@ -1585,7 +1596,7 @@ class Run:
             out["broker_rss_bytes"] = rss
         gen = sum(r["cpu_s"] for r in results) + (own1 - own0)
         bcpu = bcpu1 - bcpu0 if bcpu0 is not None and bcpu1 is not None else None
-        out.update(self.cpu_report(gen, bcpu, snapped))
+        out.update(self.cpu_report(gen, bcpu, snapped, sum(r["win_recv"] for r in results)))
         out.update(self.errors(results))
         return out
 
