@@ -578,18 +578,7 @@ class Broker:
         validate_topic_name(topic)
         if isinstance(payload, str):
             payload = payload.encode()
-        props = properties
-        expiry = props.message_expiry_interval if props is not None else None
-        msg = Message(
-            topic,
-            bytes(payload),
-            qos,
-            retain,
-            props,
-            shard.clock() + expiry if expiry is not None else None,
-            None,
-        )
-        return shard.publish(msg)
+        return shard.publish_as_server(topic, bytes(payload), qos, retain, properties)
 
     def disconnect(
         self,

@@ -228,17 +228,7 @@ def publish(shard: Shard, body: Any) -> int:
     if not isinstance(retain, bool):
         raise AdminError(400, f"retain: expected true or false, got {retain!r}")
     props = _properties(body.get("properties"))
-    expiry = props.message_expiry_interval if props is not None else None
-    msg = Message(
-        topic,
-        payload,
-        qos,
-        retain,
-        props,
-        shard.clock() + expiry if expiry is not None else None,
-        None,
-    )
-    return shard.publish(msg)
+    return shard.publish_as_server(topic, payload, qos, retain, props)
 
 
 def _payload(value: Any, encoding: Any) -> bytes:

@@ -642,6 +642,15 @@ class Shard:
 
     # -- routing -------------------------------------------------------------------
 
+    def publish_as_server(
+        self, topic: str, payload: bytes, qos: int, retain: bool, props: Properties | None
+    ) -> int:
+        """Publish from the broker itself (the embedding API, the admin API):
+        message expiry counts from now; returns the matching subscriptions."""
+        expiry = props.message_expiry_interval if props is not None else None
+        expiry_at = self.clock() + expiry if expiry is not None else None
+        return self.publish(Message(topic, payload, qos, retain, props, expiry_at, None))
+
     def publish(self, msg: Message) -> int:
         """Store a retained message and route ``msg``; returns the matching subscriptions."""
         if msg.retain:
