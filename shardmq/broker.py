@@ -378,6 +378,7 @@ class Broker:
             store_timeout=cfg.store_timeout,
             backlog_limit=cfg.redis_backlog_limit,
             node=node_id_of(cfg) if cfg.cluster else None,
+            cluster=cfg.redis_cluster,
         )
         try:
             await store.open()

@@ -188,6 +188,11 @@ def main() -> None:
     help=_help("redis_prefix", "redis store: prefix of every key."),
 )
 @click.option(
+    "--redis-cluster/--no-redis-cluster",
+    default=None,
+    help=_help("redis_cluster", "--redis-url names a seed node of a Redis Cluster."),
+)
+@click.option(
     "--redis-connect-timeout",
     type=float,
     default=None,

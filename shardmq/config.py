@@ -188,6 +188,9 @@ class Config:
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: redis store: the prefix of every key it writes.
     redis_prefix: str = "shardmq"
+    #: redis_url names a seed node of a Redis Cluster (so does a
+    #: redis+cluster:// URL).
+    redis_cluster: bool = False
     #: redis store: seconds to keep retrying Redis at start before giving up.
     redis_connect_timeout: float = 10.0
     #: seconds a QoS 1/2 acknowledgement waits for the store before it is
@@ -399,10 +402,13 @@ def _check_value(name: str, value: object) -> object:
         return value.lower()
     if name == "redis_url" and isinstance(value, str):
         scheme = value.partition("://")[0].lower()
-        if "://" not in value or scheme not in ("redis", "rediss", "unix"):
+        schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+        if "://" not in value or scheme not in schemes:
             shown = value.split("@")[-1]  # never echo a password
             raise ConfigError(
-                name, f"expected redis://host:port/db, rediss://... or unix://..., got {shown!r}"
+                name,
+                "expected redis://host:port/db, rediss://..., unix://... or "
+                f"redis+cluster://host:port, got {shown!r}",
             )
     if name in ("redis_prefix", "password_file", "acl_file", "admin_token") and value == "":
         raise ConfigError(name, "must not be empty")

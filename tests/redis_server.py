@@ -11,8 +11,11 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 
 
@@ -84,3 +87,160 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServer:
+    """A real Redis Cluster of three primaries (no replicas) on free loopback
+    ports: ``redis-server --cluster-enabled yes`` three times, then
+    ``redis-cli --cluster create``. Stopped and started again on the same
+    ports and directories, it forms the same cluster with what it fsynced."""
+
+    def __init__(self, directory: Path, primaries: int = 3) -> None:
+        self.directory = directory
+        self.ports = [_free_cluster_port() for _ in range(primaries)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.created = False
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> RedisClusterServer:
+        exe = redis_server_path()
+        assert exe is not None, "redis-server is not installed"
+        for port in self.ports:
+            home = self.directory / str(port)
+            home.mkdir(parents=True, exist_ok=True)
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        exe,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        str(home),
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                        "--daemonize",
+                        "no",
+                        "--logfile",
+                        str(home / "redis.log"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + 15
+        for port in self.ports:
+            self._wait(lambda port=port: self.node(port).ping(), deadline)
+        if not self.created:
+            cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=30,
+            )
+            self.created = True
+        deadline = time.monotonic() + 30
+        for port in self.ports:
+            self._wait(lambda port=port: self._ok(port), deadline)
+        return self
+
+    def _ok(self, port: int) -> bool:
+        info = self.node(port).execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text
+
+    def _wait(self, check: Callable[[], object], deadline: float) -> None:
+        while True:
+            try:
+                if check():
+                    return
+            except redis.RedisError:
+                pass
+            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                raise AssertionError("the Redis Cluster did not start")
+            time.sleep(0.05)
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], socket_timeout=5)
+
+    def owner(self, slot: int) -> int:
+        """The port of the primary that serves ``slot``."""
+        for start, end, primary, *_replicas in self.node(self.ports[0]).execute_command(
+            "CLUSTER", "SLOTS"
+        ):
+            if start <= slot <= end:
+                return int(primary[1])
+        raise AssertionError(f"slot {slot} is not served")
+
+    def move_slot(self, slot: int, to: int) -> None:
+        """Migrate ``slot`` with its keys to the primary on port ``to`` (what
+        ``redis-cli --cluster reshard`` does for each slot)."""
+        src = self.owner(slot)
+        src_id, dst_id = (self.node(p).execute_command("CLUSTER", "MYID") for p in (src, to))
+        self.node(to).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        self.node(src).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := self.node(src).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            self.node(src).execute_command("MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
+        for port in self.ports:
+            self.node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    def flushall(self) -> None:
+        for port in self.ports:
+            self.node(port).flushall()
+
+    def keys_by_node(self) -> dict[int, list[str]]:
+        """Every key, by the port of the primary that holds it."""
+        return {port: sorted(k.decode() for k in self.node(port).keys("*")) for port in self.ports}
+
+    def stop(self) -> None:
+        """Stop every node (SIGKILL: what each fsynced is kept)."""
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs = []
+
+
+def start_redis(kind: str, directory: Path) -> Any:
+    """A started redis-server (``kind`` "redis") or Redis Cluster ("redis-cluster")."""
+    if kind == "redis":
+        return RedisServer(directory / "redis").start()
+    return RedisClusterServer(directory / "redis-cluster").start()
+
+
+#: a test marked so runs against one redis-server and against a Redis Cluster
+#: of three primaries (its ``redis_server`` fixture reads ``request.param``)
+both_kinds = pytest.mark.parametrize("redis_server", ["redis", "redis-cluster"], indirect=True)

@@ -270,6 +270,29 @@ def test_cluster_needs_an_explicit_redis_url(tmp_path: Path) -> None:
     assert load_config(config_file=path, env={}).cluster is True
 
 
+def test_a_redis_cluster_is_named_by_its_url_or_by_redis_cluster() -> None:
+    from shardmq.storage.redis import cluster_target
+
+    config = load_config({"store": "redis", "redis_url": "redis+cluster://10.0.0.5:7000"}, env={})
+    assert cluster_target(config.redis_url, config.redis_cluster) == (
+        "redis://10.0.0.5:7000",
+        True,
+    )
+    env = {"SHARDMQ_REDIS_URL": "rediss://10.0.0.5:7000", "SHARDMQ_REDIS_CLUSTER": "true"}
+    config = load_config(env=env)
+    assert cluster_target(config.redis_url, config.redis_cluster) == (
+        "rediss://10.0.0.5:7000",
+        True,
+    )
+    config = load_config({"redis_url": "rediss+cluster://h:1"}, env={})
+    assert cluster_target(config.redis_url, config.redis_cluster) == ("rediss://h:1", True)
+    config = load_config({"redis_url": "redis://h:1/0"}, env={})
+    assert cluster_target(config.redis_url, config.redis_cluster) == ("redis://h:1/0", False)
+    with pytest.raises(ConfigError) as info:
+        Config(redis_url="http+cluster://h:1")
+    assert str(info.value).startswith("redis_url: ")
+
+
 def test_bad_redis_url_error_does_not_echo_the_password() -> None:
     with pytest.raises(ConfigError) as info:
         Config(redis_url="http://user:hunter2@127.0.0.1:6379")

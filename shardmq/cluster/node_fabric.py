@@ -52,6 +52,7 @@ def node_link(
         token=token or new_token(),
         node_timeout=config.node_timeout,
         store_timeout=config.store_timeout,
+        cluster=config.redis_cluster,
     )
 
 

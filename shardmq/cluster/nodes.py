@@ -5,12 +5,16 @@ Theory of operation
 Nodes meet in one Redis under one prefix ``P`` (``redis_prefix``). A node is
 alive while its heartbeat key exists:
 
-=====================  ======  ===================================================
-``P:node:<node id>``   string  ``"<token> <workers>"``, with a TTL of
-                               ``node_timeout``, refreshed every ``node_timeout / 3``
-``P:nodes``            set     the ids of the nodes that joined and are not known
-                               to be gone
-=====================  ======  ===================================================
+=======================  ======  =================================================
+``P:{nodes}:<node id>``  string  ``"<token> <workers>"``, with a TTL of
+                                 ``node_timeout``, refreshed every
+                                 ``node_timeout / 3``
+``P:{nodes}``            set     the ids of the nodes that joined and are not
+                                 known to be gone
+=======================  ======  =================================================
+
+The ``{nodes}`` hash tag puts them in one slot of a Redis Cluster: the beat
+script reads them all.
 
 The token is drawn once when a node starts. Joining and every refresh run one
 script (:data:`BEAT`): it sets the heartbeat if it is absent, extends it if it
@@ -18,7 +22,7 @@ holds this node's token, and otherwise changes nothing and reports the key
 held: a second live node started under the same id is refused at start, and a
 node whose heartbeat lapsed (it stalled for ``node_timeout``) never extends a
 key another process has taken since. The same script adds this node to
-``P:nodes`` and returns every member whose heartbeat exists, with its worker
+``P:{nodes}`` and returns every member whose heartbeat exists, with its worker
 count, removing from the set those whose heartbeat is gone (checked inside the
 script, so a node that is joining, heartbeat first, is never removed). A node
 silent for ``node_timeout`` is therefore dead for the others at their next
@@ -114,10 +118,10 @@ class Membership:
         self.value = f"{token} {workers}"
         self.ttl_ms = max(1, int(timeout * 1000))
         self.key = self.heartbeat_key(node_id)
-        self.members_key = f"{prefix}:nodes"
+        self.members_key = f"{prefix}:{{nodes}}"
 
     def heartbeat_key(self, node_id: str) -> str:
-        return f"{self.prefix}:node:{node_id}"
+        return f"{self.prefix}:{{nodes}}:{node_id}"
 
     def beat_args(self) -> list[Any]:
         return [
@@ -128,7 +132,7 @@ class Membership:
             self.value,
             self.ttl_ms,
             self.node_id,
-            f"{self.prefix}:node:",
+            f"{self.prefix}:{{nodes}}:",
         ]
 
     @staticmethod
@@ -156,24 +160,26 @@ def claim_before_fork(config: Config, token: str, workers: int) -> None:
     inherited). Raises ConfigError when the id is held or Redis cannot be reached
     within ``redis_connect_timeout``."""
     import redis
-    from redis.exceptions import RedisError
 
-    from ..storage.redis import mask_url
+    from ..storage.redis import UNREACHABLE, cluster_target, mask_url
 
     node_id = node_id_of(config)
     membership = Membership(config.redis_prefix, node_id, token, workers, config.node_timeout)
     deadline = time.monotonic() + config.redis_connect_timeout
     delay = 0.05
+    url, cluster = cluster_target(config.redis_url, config.redis_cluster)
+    kind: Any = redis.RedisCluster if cluster else redis.Redis
     while True:
-        client = redis.Redis.from_url(
-            config.redis_url,
-            socket_timeout=config.store_timeout,
-            socket_connect_timeout=min(config.store_timeout, config.redis_connect_timeout),
-        )
+        client: Any = None
         try:
+            client = kind.from_url(
+                url,
+                socket_timeout=config.store_timeout,
+                socket_connect_timeout=min(config.store_timeout, config.redis_connect_timeout),
+            )
             held, _live = membership.parse(client.eval(*membership.beat_args()))
             break
-        except (RedisError, OSError) as exc:
+        except UNREACHABLE as exc:
             if time.monotonic() + delay > deadline:
                 raise ConfigError(
                     "redis_url",
@@ -181,7 +187,8 @@ def claim_before_fork(config: Config, token: str, workers: int) -> None:
                     f"{config.redis_connect_timeout:g} s: {exc}",
                 ) from None
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
     if not held:

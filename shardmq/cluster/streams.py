@@ -19,11 +19,13 @@ Sending. Frames bound for a node collect in one buffer per destination during
 a loop iteration. As the redis store closes the iteration's batch
 (``RedisStore.before_close``) each buffer becomes one ``XADD`` appended to that
 batch, so one ``EVAL`` carries the store's writes and every node's entries,
-written in order and retried as the store's are (``storage/redis.py``). A
-publish goes once to each node whose interest matches (one trie match), never
-once per remote subscriber. A batch resent after its reply was lost adds its
-entries twice; each entry carries a number that grows per sending process and
-destination, and the reader drops one it has seen.
+written in order and retried as the store's are (``storage/redis.py``; on a
+Redis Cluster the batch is split by slot, and the scripts carrying the
+``XADD`` commands go once the rest is written). A publish goes once to each
+node whose interest matches (one trie match), never once per remote
+subscriber. A batch resent after its reply was lost adds its entries twice;
+each entry carries a number that grows per sending process and destination,
+and the reader drops one it has seen.
 
 Acknowledgements. A QoS 1/2 PUBLISH forwarded to another node, and a retained
 change (sent to every node), make :meth:`stored` return the future of the batch
@@ -94,14 +96,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import ConfigError
 from ..protocol.session import Message
 from ..storage.base import StoreUnavailable
-from ..storage.redis import RedisStore, mask_url
+from ..storage.redis import UNREACHABLE, RedisStore, connect, mask_url
 from . import messages as m
 from .fabric import FabricShard
 from .interest import NodeInterest, Process
@@ -148,8 +149,11 @@ class NodeLink:
         token: str,
         node_timeout: float,
         store_timeout: float,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        #: ``url`` names a Redis Cluster (``storage/redis.py``'s ``connect``)
+        self.cluster = cluster
         self.prefix = prefix
         self.node_id = node_id
         self.worker = worker
@@ -193,8 +197,9 @@ class NodeLink:
         self._stale: set[Process] = set()
         self._stale_wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._ctl: aioredis.Redis | None = None
-        self._reader: aioredis.Redis | None = None
+        #: redis-py ``Redis`` or, on a Redis Cluster, ``RedisCluster``
+        self._ctl: Any = None
+        self._reader: Any = None
         self._closing = False
         self._joined = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -241,14 +246,16 @@ class NodeLink:
         store.before_close = self._close_batch
         self._stale_wake = asyncio.Event()
         name = f"shardmq:{self.node_id}:{self.worker}"
-        self._ctl = aioredis.Redis.from_url(
+        self._ctl = connect(
             self.url,
+            self.cluster,
             socket_timeout=self.store_timeout,
             socket_connect_timeout=self.store_timeout,
             client_name=f"{name}:ctl",
         )
-        self._reader = aioredis.Redis.from_url(
+        self._reader = connect(
             self.url,
+            self.cluster,
             socket_timeout=None,  # XREAD BLOCK: each read is bounded by a timeout of its own
             socket_connect_timeout=self.store_timeout,
             client_name=f"{name}:reader",
@@ -270,7 +277,7 @@ class NodeLink:
             if not held:
                 raise refused(self.node_id, self.membership.key)
             start = await self._stream_end()
-        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise ConfigError(
                 "redis_url", f"cannot join the cluster at {mask_url(self.url)}: {exc}"
             ) from None

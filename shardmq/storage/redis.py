@@ -43,6 +43,23 @@ backlog is written. While Redis cannot be reached ``available`` is False (a
 ping every second notices an outage when nothing is written); the outage and
 the recovery are logged once each.
 
+Redis Cluster (``redis_cluster``, or a ``redis+cluster://`` URL). The client
+is redis-py's ``RedisCluster``, which learns the slot map from the seed node
+and routes each command by its key. A script may only touch the keys of one
+slot, so a batch bound for a cluster is split by the slot of each command's
+key, keeping their order: one ``EVAL`` per slot, the ``EVAL`` scripts for one
+primary pipelined on one connection, those for different primaries at once.
+A session's keys share a slot (the ``{cid}`` hash tag), so its change is
+still applied whole; what spans slots (the session index, ``P:retained``,
+another session) is not atomic with it, but every command assigns and a
+batch not written whole is written again, so Redis ends up as the broker
+left it. The scripts that carry an ``XADD`` (a cluster node's entries for
+another node, ``cluster/streams.py``) are sent only once the rest of the
+batch is written: a node that reads an entry finds what it refers to. A ``MOVED``
+reply (a slot moved, a failover) updates the slot map and the batch is
+written again after a short pause; ``ASK``, ``TRYAGAIN`` and ``CLUSTERDOWN`` count as an
+outage and are retried with backoff.
+
 Start. ``load`` reads the sessions listed in ``P:shard:<n>`` for the shards
 this one now stands for (its own number, and those of a broker that had more
 workers), keeping those whose header still names that shard as owner (a
@@ -62,13 +79,28 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ..protocol.session import Delivery, Message, Outbound, Session, Subscription
 from . import codec
 from .base import StoredState, StoreUnavailable
 
 log = logging.getLogger("shardmq.store")
+
+#: what a Redis (or Redis Cluster) that cannot be reached raises: the cluster
+#: client's own errors (no node reachable, a slot not covered) are not
+#: ``RedisError`` subclasses
+UNREACHABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 HEADER = "header"
 RETAINED = "retained"
@@ -84,8 +116,9 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
 #: the commands a batch uses, pre-encoded as RESP bulk strings
-DEL, SET, HSET, HDEL, SADD, SREM = (
-    b"$%d\r\n%s\r\n" % (len(c), c) for c in (b"DEL", b"SET", b"HSET", b"HDEL", b"SADD", b"SREM")
+DEL, SET, HSET, HDEL, SADD, SREM, XADD = (
+    b"$%d\r\n%s\r\n" % (len(c), c)
+    for c in (b"DEL", b"SET", b"HSET", b"HDEL", b"SADD", b"SREM", b"XADD")
 )
 #: HSET key field value / HDEL key field: the command and its argument count
 _HSET_3 = HSET + b"$1\r\n3\r\n"
@@ -106,6 +139,33 @@ return n
 """
 
 
+#: the schemes that name a Redis Cluster (``redis_cluster`` says it too)
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_target(url: str, cluster: bool = False) -> tuple[str, bool]:
+    """(the URL redis-py reads, whether it names a Redis Cluster): a
+    ``redis+cluster://`` (``rediss+cluster://``) URL does, as does any URL
+    with ``redis_cluster`` set."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if sep and plain is not None:
+        return f"{plain}://{rest}", True
+    return url, cluster
+
+
+def connect(url: str, cluster: bool = False, **options: Any) -> Any:
+    """An asyncio client of the Redis (or, with ``cluster``, the Redis Cluster
+    whose seed node) ``url`` names: redis-py's ``Redis`` or ``RedisCluster``,
+    which route each command to the node holding its key's slot."""
+    url, cluster = cluster_target(url, cluster)
+    if cluster:
+        # the cluster client retries a command on another node itself
+        options.pop("retry_on_timeout", None)
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for logs and errors)."""
     try:
@@ -121,17 +181,30 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
 
 
+#: a command's place in a batch bound for a Redis Cluster: (hash slot of its
+#: key, the key, offset of its end in the batch's data, its argument count,
+#: whether it is an XADD: a notification to another node)
+Segment = tuple[int, str, int, int, bool]
+
+
 class _Batch:
-    __slots__ = ("data", "args", "future", "closed_at")
+    __slots__ = ("data", "args", "future", "closed_at", "segments")
 
     def __init__(
-        self, data: bytearray, args: int, future: asyncio.Future[None], closed_at: float
+        self,
+        data: bytearray,
+        args: int,
+        future: asyncio.Future[None],
+        closed_at: float,
+        segments: list[Segment] | None,
     ) -> None:
         #: the encoded script arguments and how many there are
         self.data = data
         self.args = args
         self.future = future
         self.closed_at = closed_at
+        #: Redis Cluster: where each command's key lives
+        self.segments = segments
 
 
 class RedisStore:
@@ -150,8 +223,9 @@ class RedisStore:
         store_timeout: float = 5.0,
         backlog_limit: int = 256 * 1024 * 1024,
         node: str | None = None,
+        cluster: bool = False,
     ) -> None:
-        self.url = url
+        self.url, self.cluster = cluster_target(url, cluster)
         self.shown_url = mask_url(url)
         self.prefix = prefix
         self.shard_id = shard_id
@@ -165,6 +239,8 @@ class RedisStore:
         self._buf = bytearray()
         self._buf_args = 0
         self._buf_future: asyncio.Future[None] | None = None
+        #: Redis Cluster: the slot of each command of the open batch
+        self._segments: list[Segment] | None = [] if self.cluster else None
         self._scheduled = False
         #: closed batches, oldest first, not yet written
         self._batches: deque[_Batch] = deque()
@@ -226,7 +302,7 @@ class RedisStore:
             try:
                 await asyncio.wait_for(self._redis.ping(), self.store_timeout)
                 break
-            except (RedisError, OSError, TimeoutError) as exc:
+            except UNREACHABLE as exc:
                 if time.monotonic() + delay > deadline:
                     await self._redis.aclose()
                     self._redis = None
@@ -253,7 +329,7 @@ class RedisStore:
             try:
                 await asyncio.wait_for(self._redis.ping(), self.store_timeout)
                 state = await self.load()
-            except (RedisError, OSError, TimeoutError, StoreUnavailable):
+            except (*UNREACHABLE, StoreUnavailable):
                 # retried often: until this worker has loaded its sessions, a
                 # claim of one of them from another worker finds nothing
                 await asyncio.sleep(delay)
@@ -278,14 +354,15 @@ class RedisStore:
         if self._wake is None:
             self._wake = asyncio.Event()
         try:
-            self._redis = aioredis.Redis.from_url(
+            self._redis = connect(
                 self.url,
+                self.cluster,
                 # no timeout per reply (a batch is bounded as a whole)
                 socket_timeout=None,
                 socket_connect_timeout=min(self.store_timeout, self.connect_timeout),
                 retry_on_timeout=False,
             )
-        except ValueError as exc:
+        except (ValueError, *UNREACHABLE) as exc:
             raise StoreUnavailable(f"redis_url {self.shown_url}: {exc}") from None
 
     async def close(self) -> None:
@@ -336,7 +413,7 @@ class RedisStore:
                 state.sessions.extend(await self._load_sessions(shard, cids))
             for packed in (await r.hgetall(self._retained_key)).values():
                 state.retained.append(codec.unpack_message(codec.loads(_raw(packed), RETAINED)))
-        except (RedisError, OSError) as exc:
+        except UNREACHABLE as exc:
             raise StoreUnavailable(f"cannot read from Redis at {self.shown_url}: {exc}") from None
         if state.sessions:
             self._seq = max(self._seq, int(time.time() * 1000))
@@ -388,7 +465,7 @@ class RedisStore:
         pipe.smembers(inbound_key)
         try:
             head, subs, queue, flight, released, inbound = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except UNREACHABLE as exc:
             raise StoreUnavailable(f"cannot read from Redis at {self.shown_url}: {exc}") from None
         if head is None:
             return None
@@ -476,6 +553,10 @@ class RedisStore:
         for arg in args:
             buf += _bulk(arg)
         self._buf_args += 3 + len(args)
+        if self._segments is not None:
+            self._segments.append(
+                (key_slot(key.encode()), key, len(buf), 3 + len(args), command == XADD)
+            )
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._close_batch)
@@ -589,6 +670,9 @@ class RedisStore:
     def sent(self, session: Session, packet_id: int, out: Outbound) -> None:
         self._seq += 1
         value = self._flight_value(self._seq, out)
+        if self._segments is not None:
+            self._add(HSET, self._key(session.client_id, "f"), packet_id, value)
+            return
         buf = self._buf
         buf += _HSET_3
         buf += self._flight_key(session.client_id)
@@ -617,13 +701,16 @@ class RedisStore:
 
     def acknowledged(self, session: Session, packet_id: int) -> None:
         cid = session.client_id
-        buf = self._buf
-        buf += _HDEL_2
-        buf += self._flight_key(cid)
-        buf += _bulk_int(packet_id)
-        self._buf_args += 4
-        if not self._scheduled:
-            self._schedule()
+        if self._segments is not None:
+            self._add(HDEL, self._key(cid, "f"), packet_id)
+        else:
+            buf = self._buf
+            buf += _HDEL_2
+            buf += self._flight_key(cid)
+            buf += _bulk_int(packet_id)
+            self._buf_args += 4
+            if not self._scheduled:
+                self._schedule()
         released = self._released.get(cid)
         if released and packet_id in released:
             released.discard(packet_id)
@@ -687,10 +774,14 @@ class RedisStore:
             # everything is rewritten once Redis is back: nothing to keep
             _fail(fut, "store unavailable")
         else:
-            self._batches.append(_Batch(self._buf, self._buf_args, fut, loop.time()))
+            self._batches.append(
+                _Batch(self._buf, self._buf_args, fut, loop.time(), self._segments)
+            )
             self._backlog += len(self._buf)
         self._buf = bytearray()
         self._buf_args = 0
+        if self._segments is not None:
+            self._segments = []
         self._packed.clear()
         self._last = fut
         if self._backlog > self.backlog_limit and not self.available:
@@ -739,6 +830,17 @@ class RedisStore:
                 await self._execute(batches, args)
             except asyncio.CancelledError:
                 raise
+            except MovedError:
+                # a slot moved (resharding, a failover): the slot map is
+                # updated, and the batches are written again, soon
+                await asyncio.sleep(BACKOFF_MIN)
+                continue
+            except (AskError, ClusterDownError, TryAgainError) as exc:
+                # a slot migrating, a failover, a cluster forming: it passes
+                self._outage(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
             except ResponseError as exc:
                 # Redis refused a command (not an outage): retrying cannot help
                 log.error("store: Redis refused a batch (%d arguments): %s", args, exc)
@@ -768,6 +870,9 @@ class RedisStore:
         message costs the broker."""
         r = self._redis
         assert r is not None
+        if self.cluster:
+            await self._execute_on_cluster(batches)
+            return
         head = b"*%d\r\n$4\r\nEVAL\r\n%s$1\r\n0\r\n" % (3 + args, _bulk(BATCH_SCRIPT))
         pool = r.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -782,6 +887,93 @@ class RedisStore:
             await pool.release(conn)
         if isinstance(reply, ResponseError):
             raise reply
+
+    async def _execute_on_cluster(self, batches: list[_Batch]) -> None:
+        """Redis Cluster: a script may only touch the keys of one slot, so the
+        batches' commands are split by slot, in order, into one EVAL per slot
+        (routed by one of its keys) and the EVALs bound for one node are sent
+        together. A session's keys share a slot, so each session's change is
+        still applied whole. The EVALs that carry an XADD, which tells another
+        node about what the rest wrote, go after the others have succeeded.
+        A MOVED reply updates the slot map and the batches are written again
+        (every command assigns, so writing twice changes nothing)."""
+        groups: dict[int, list[Any]] = {}  # slot -> [key, parts, args, notifies]
+        for batch in batches:
+            assert batch.segments is not None
+            data = memoryview(batch.data)
+            start = 0
+            for slot, key, end, args, notify in batch.segments:
+                group = groups.get(slot)
+                if group is None:
+                    groups[slot] = [key, [data[start:end]], args, notify]
+                else:
+                    group[1].append(data[start:end])
+                    group[2] += args
+                    group[3] = group[3] or notify
+                start = end
+        for notify in (False, True):
+            phase = [(slot, g) for slot, g in groups.items() if g[3] is notify]
+            if phase:
+                await self._eval_slots(phase)
+
+    async def _eval_slots(self, groups: list[tuple[int, list[Any]]]) -> None:
+        r = self._redis
+        assert isinstance(r, RedisCluster)
+        if not r.nodes_manager.slots_cache:
+            await r.initialize()
+        by_node: dict[str, tuple[Any, list[bytes | memoryview], list[int]]] = {}
+        for slot, (key, parts, args, _notify) in groups:
+            node = r.nodes_manager.get_node_from_slot(slot)
+            head = b"*%d\r\n$4\r\nEVAL\r\n%s$1\r\n1\r\n%s" % (
+                4 + args,
+                _bulk(BATCH_SCRIPT),
+                _bulk(key),
+            )
+            entry = by_node.get(node.name)
+            if entry is None:
+                entry = by_node[node.name] = (node, [], [0])
+            entry[1].append(head)
+            entry[1].extend(parts)
+            entry[2][0] += 1
+        replies = await asyncio.gather(
+            *(self._send_to_node(node, parts, n[0]) for node, parts, n in by_node.values()),
+            return_exceptions=True,
+        )
+        for reply in replies:
+            if isinstance(reply, MovedError):
+                await r.nodes_manager.move_slot(reply)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+
+    async def _send_to_node(self, node: Any, parts: list[bytes | memoryview], count: int) -> None:
+        """``count`` EVALs, pipelined on one connection to ``node``."""
+        conn = node.acquire_connection()
+        error: BaseException | None = None
+        try:
+            if conn.is_connected:
+                # closed by a restart of that node since its last use? (the
+                # check redis-py's own pool makes before handing one out)
+                try:
+                    stale = await conn.can_read_destructive()
+                except UNREACHABLE:
+                    stale = True
+                if stale:
+                    await conn.disconnect()
+            async with asyncio.timeout(self.store_timeout):
+                await conn.send_packed_command(parts)
+                for _ in range(count):
+                    try:
+                        await conn.read_response()
+                    except ResponseError as exc:  # read on: the replies are in order
+                        error = error or exc
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            node.release(conn)
+        if error is not None:
+            raise error
 
     def _outage(self, exc: BaseException) -> None:
         if self.available:

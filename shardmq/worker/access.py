@@ -88,8 +88,10 @@ class Access:
         ``clock`` times the cache (the shard's, which tests can advance)."""
         if self.config.auth_redis and self.redis is None:
             from ..auth.redis import RedisAuth
+            from ..storage.redis import connect
 
-            self.redis = RedisAuth.from_config(self.config, clock=clock)
+            client = connect(self.config.redis_url, self.config.redis_cluster)
+            self.redis = RedisAuth.from_config(self.config, client, clock=clock)
             self._listener = asyncio.get_running_loop().create_task(
                 self.redis.listen_invalidations()
             )

@@ -1,4 +1,5 @@
-"""Fixtures of the cluster tests: one real redis-server, and the nodes on it."""
+"""Fixtures of the cluster tests: one real redis-server (or Redis Cluster), and
+the nodes on it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.nodes import Nodes
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, start_redis
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """One redis-server, or (a test marked ``both_kinds``) a Redis Cluster too."""
+    server = start_redis(getattr(request, "param", "redis"), tmp_path)
     yield server
     server.stop()
 

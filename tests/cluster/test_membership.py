@@ -9,7 +9,7 @@ from shardmq.config import Config
 
 def test_beat_reply_parsing() -> None:
     membership = Membership("P", "a", "tok", 2, 2.5)
-    assert membership.key == "P:node:a" and membership.ttl_ms == 2500
+    assert membership.key == "P:{nodes}:a" and membership.ttl_ms == 2500
     assert membership.value == "tok 2"
     held, live = Membership.parse([1, b"a", b"tok 2", b"b", b"zz 4", b"old", b"x"])
     assert held is True

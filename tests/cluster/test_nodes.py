@@ -17,7 +17,7 @@ import pytest
 
 from tests.cluster.nodes import NODE_TIMEOUT, Nodes, cut_reader
 from tests.helpers import WAIT, Client, wait_for
-from tests.redis_server import RedisServer, redis_server_path
+from tests.redis_server import RedisClusterServer, RedisServer, both_kinds, redis_server_path
 from tests.storage.serve import ROOT, Serve, free_port
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
@@ -27,6 +27,7 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 # -- routing -------------------------------------------------------------------------
 
 
+@both_kinds
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_publish_reaches_a_subscriber_on_another_node(nodes: Nodes, version: int, qos: int) -> None:
     """What a client publishes on node a reaches a client subscribed on node b,
@@ -84,6 +85,7 @@ def test_after_suback_a_publish_on_any_node_arrives(
         assert sub.get().topic == f"vis/{i}"
 
 
+@both_kinds
 def test_no_local_is_per_client_across_nodes(nodes: Nodes) -> None:
     """A client on a subscribed with No Local does not get its own publish; a
     client on b subscribed to the same filter does."""
@@ -98,6 +100,7 @@ def test_no_local_is_per_client_across_nodes(nodes: Nodes) -> None:
     me.expect_nothing(0.3)
 
 
+@both_kinds
 def test_order_per_publisher_over_1000_qos1_messages(nodes: Nodes) -> None:
     """Two publishers on two nodes, one subscriber on a third: each publisher's
     1,000 QoS 1 messages arrive complete and in its order."""
@@ -171,6 +174,7 @@ def test_acknowledged_messages_survive_cut_redis_connections(
     assert wait_for(lambda: reader_ids() and not reader_ids() & before)
 
 
+@both_kinds
 def test_retained_is_seen_on_every_node_after_the_puback(
     nodes: Nodes, redis_server: RedisServer, version: int
 ) -> None:
@@ -201,6 +205,7 @@ def test_retained_is_seen_on_every_node_after_the_puback(
     third.expect_nothing(0.3)
 
 
+@both_kinds
 def test_subscribers_on_every_worker_of_a_node_get_other_nodes_publishes(nodes: Nodes) -> None:
     """Node a runs two workers; a subscriber on each of them gets what is
     published on node b, once, and b's subscriber gets what either worker's
@@ -246,6 +251,7 @@ def one_client_per_worker(nodes: Nodes, node: Serve, **kwargs: object) -> dict[i
     return on
 
 
+@both_kinds
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_a_shared_group_spans_the_nodes(nodes: Nodes, version: int, qos: int) -> None:
     """A group with a member on node a and one on each worker of node b: what
@@ -290,6 +296,7 @@ def test_a_shared_group_spans_the_nodes(nodes: Nodes, version: int, qos: int) ->
 # -- membership ------------------------------------------------------------------------
 
 
+@both_kinds
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_node_with_the_same_id_is_refused(nodes: Nodes, workers: int) -> None:
     nodes.start("twin")
@@ -342,8 +349,8 @@ def test_a_node_that_dies_is_dropped(
     for _ in range(5):
         assert pub.publish("dead/t", b"gone", qos=1).value == NO_MATCHING_SUBSCRIBERS
     assert r.xlen("shardmq:stream:c") == length
-    assert not r.exists("shardmq:node:c")
-    wait_for(lambda: b"c" not in r.smembers("shardmq:nodes"), timeout=NODE_TIMEOUT * 2)
+    assert not r.exists("shardmq:{nodes}:c")
+    wait_for(lambda: b"c" not in r.smembers("shardmq:{nodes}"), timeout=NODE_TIMEOUT * 2)
     # what a node publishes still goes where it should
     d = nodes.start("d")
     other = nodes.client(d)
@@ -352,22 +359,30 @@ def test_a_node_that_dies_is_dropped(
     assert other.get().payload == b"new"
 
 
+@both_kinds
 def test_node_keys_are_where_the_readme_says(nodes: Nodes, redis_server: RedisServer) -> None:
     a = nodes.start("a", 2)
     nodes.start("b")
     sub = nodes.client(a)
     sub.subscribe("k/+", qos=1)
     r = redis_server.client()
-    assert r.smembers("shardmq:nodes") == {b"a", b"b"}
-    token, workers = r.get("shardmq:node:a").split()
-    assert workers == b"2" and 0 < r.pttl("shardmq:node:a") <= NODE_TIMEOUT * 1000
+    assert r.smembers("shardmq:{nodes}") == {b"a", b"b"}
+    token, workers = r.get("shardmq:{nodes}:a").split()
+    assert workers == b"2" and 0 < r.pttl("shardmq:{nodes}:a") <= NODE_TIMEOUT * 1000
     assert r.type("shardmq:stream:a") == b"stream"
     held = {**r.hgetall("shardmq:interest:a:0"), **r.hgetall("shardmq:interest:a:1")}
     assert held[b"k/+"] == b"1" and b"" in held
+    if isinstance(redis_server, RedisClusterServer):
+        # the beat script reads every heartbeat: one slot; the rest spreads
+        by_node = redis_server.keys_by_node()
+        members = [p for p, keys in by_node.items() if "shardmq:{nodes}" in keys]
+        assert len(members) == 1, by_node
+        assert {"shardmq:{nodes}:a", "shardmq:{nodes}:b"} <= set(by_node[members[0]])
+        assert sum(1 for keys in by_node.values() if keys) >= 2, by_node
     text = (Path(ROOT) / "README.md").read_text()
     for key in (
-        "P:node:<id>",
-        "P:nodes",
+        "P:{nodes}:<id>",
+        "P:{nodes}",
         "P:stream:<id>",
         "P:interest:<id>:<worker>",
         "P:s:{<client id>}:o",

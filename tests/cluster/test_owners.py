@@ -24,7 +24,7 @@ from shardmq.protocol.packets import (
 from tests.cluster.nodes import NODE_TIMEOUT, Nodes
 from tests.cluster.storm import close_all, received, storm, survivor_of
 from tests.helpers import WAIT, make_props, wait_for
-from tests.redis_server import RedisServer, redis_server_path
+from tests.redis_server import RedisServer, both_kinds, redis_server_path
 from tests.storage.serve import Raw, check_inbound_qos2_kept, persistent
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-serve
 SESSION_TAKEN_OVER = 0x8E
 
 
+@both_kinds
 def test_takeover_on_another_node_disconnects_the_old_connection(
     nodes: Nodes, redis_server: RedisServer, version: int
 ) -> None:
@@ -60,6 +61,7 @@ def test_takeover_on_another_node_disconnects_the_old_connection(
     assert old.messages.empty()
 
 
+@both_kinds
 def test_queued_messages_follow_the_session_to_another_node(nodes: Nodes, version: int) -> None:
     """Offline on node a with QoS 1 and 2 messages queued; reconnecting on node
     b delivers both (read from the store), once, and the subscription routes
@@ -84,6 +86,7 @@ def test_queued_messages_follow_the_session_to_another_node(nodes: Nodes, versio
     again.expect_nothing(0.3)  # nothing twice
 
 
+@both_kinds
 def test_inflight_and_inbound_qos2_state_move_between_nodes(nodes: Nodes, version: int) -> None:
     """A QoS 2 delivery the subscriber received but did not PUBREC is resent
     with DUP, same packet id, after it reconnects on the other node; a QoS 2
@@ -115,6 +118,7 @@ def test_inflight_and_inbound_qos2_state_move_between_nodes(nodes: Nodes, versio
     check_inbound_qos2_kept(b.port, version, again, "q/marker")
 
 
+@both_kinds
 def test_takeover_storm_over_nodes_ends_with_exactly_one_connection(nodes: Nodes) -> None:
     """20 CONNECTs with one client id (Clean Start 0), spread over three nodes
     (one with two workers), sent as close together as one thread can: exactly
@@ -139,6 +143,7 @@ def test_takeover_storm_over_nodes_ends_with_exactly_one_connection(nodes: Nodes
     close_all(conns)
 
 
+@both_kinds
 def test_a_dead_nodes_session_resumes_on_another_node(
     nodes: Nodes, redis_server: RedisServer, version: int
 ) -> None:
@@ -185,7 +190,7 @@ def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
     b.stop(9)
     r = redis_server.client()
     wait_for(
-        lambda: not r.exists("shardmq:node:a") and not r.exists("shardmq:node:b"),
+        lambda: not r.exists("shardmq:{nodes}:a") and not r.exists("shardmq:{nodes}:b"),
         timeout=NODE_TIMEOUT * 3,
     )
     a2 = nodes.start("a")
@@ -214,6 +219,7 @@ def test_a_session_that_ends_clears_its_owner(nodes: Nodes, redis_server: RedisS
     assert r.hget("shardmq:s:{brief}:o", "e") == b"1"
 
 
+@both_kinds
 def test_nodes_serve_their_own_clients_while_redis_is_away(
     nodes: Nodes, redis_server: RedisServer
 ) -> None:
@@ -243,6 +249,7 @@ def test_nodes_serve_their_own_clients_while_redis_is_away(
     assert a.log_text().count("client ids claimed on this node alone") == 1
 
 
+@both_kinds
 def test_a_dead_nodes_will_is_published_by_a_survivor(
     nodes: Nodes, redis_server: RedisServer, version: int
 ) -> None:

@@ -30,7 +30,13 @@ from shardmq.protocol.packets import (
     Will,
 )
 from tests.helpers import WAIT, Client, wait_for
-from tests.redis_server import RedisServer, redis_server_path
+from tests.redis_server import (
+    RedisClusterServer,
+    RedisServer,
+    both_kinds,
+    redis_server_path,
+    start_redis,
+)
 from tests.storage.serve import (
     ROOT,
     Raw,
@@ -47,8 +53,8 @@ pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-serve
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(getattr(request, "param", "redis"), tmp_path)
     yield server
     server.stop()
 
@@ -59,6 +65,7 @@ def serve(redis_server: RedisServer, brokers: list[Serve], workers: int = 1, *ex
     return b.start()
 
 
+@both_kinds
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sessions_queue_and_retained_survive_kill_9(
     redis_server: RedisServer, brokers: list[Serve], version: int, workers: int
@@ -68,12 +75,53 @@ def test_sessions_queue_and_retained_survive_kill_9(
     acknowledged was in Redis."""
     b = serve(redis_server, brokers, workers)
     fill_session(b.port, version)
+    if isinstance(redis_server, RedisClusterServer):
+        # each session's keys on one primary (hash tag), the keys as a whole
+        # spread over several
+        by_node = redis_server.keys_by_node()
+        assert sum(1 for keys in by_node.values() if keys) >= 2, by_node
+        holders = [port for port, keys in by_node.items() if "shardmq:s:{keeper}:h" in keys]
+        assert len(holders) == 1, by_node
+        assert {k for k in by_node[holders[0]] if "{keeper}" in k} == {
+            f"shardmq:s:{{keeper}}:{part}" for part in ("h", "sub", "q")
+        }
     b.stop(signal.SIGKILL)
 
     b.start()
     check_session(b.port, version)
 
 
+@pytest.mark.parametrize("redis_server", ["redis-cluster"], indirect=True)
+def test_a_session_whose_slot_moves_to_another_primary_is_written_there(
+    redis_server: RedisClusterServer, brokers: list[Serve], version: int
+) -> None:
+    """Resharding under a running broker: the slot of a persistent session moves
+    to another primary; the store's next write meets MOVED, follows it, and
+    what it acknowledged afterwards is there after kill -9 of the broker."""
+    from redis.crc import key_slot
+
+    b = serve(redis_server, brokers)
+    fill_session(b.port, version)
+    slot = key_slot(b"shardmq:s:{keeper}:q")
+    before = redis_server.owner(slot)
+    redis_server.move_slot(slot, next(p for p in redis_server.ports if p != before))
+    pub = Client(b.port, version=version)
+    pub.connect()
+    assert not pub.publish("keep/after", b"after the move", qos=1).is_failure
+    pub.disconnect()
+    b.stop(signal.SIGKILL)
+    held = redis_server.keys_by_node()[redis_server.owner(slot)]
+    assert "shardmq:s:{keeper}:q" in held and redis_server.owner(slot) != before
+
+    b.start()
+    again = persistent(b.port, "keeper", version)
+    assert again.connect()[0].session_present is True
+    got = sorted(m.payload for m in (again.get(), again.get(), again.get()))
+    assert got == [b"after the move", b"queued 1", b"queued 2"]
+    again.disconnect()
+
+
+@both_kinds
 @pytest.mark.parametrize("workers", [1, 2])
 def test_unacknowledged_and_inbound_qos2_survive_kill_9(
     redis_server: RedisServer, brokers: list[Serve], version: int, workers: int
@@ -141,6 +189,7 @@ def _worker_serving(b: Serve, client: Raw) -> psutil.Process:
     raise AssertionError("no worker holds the connection")
 
 
+@both_kinds
 def test_a_killed_worker_gets_its_sessions_back(
     redis_server: RedisServer, brokers: list[Serve], version: int
 ) -> None:
@@ -219,6 +268,7 @@ def _gone(redis_server: RedisServer) -> bool:
     return not redis_server.client().exists("shardmq:s:{short}:h")
 
 
+@both_kinds
 def test_redis_restart_under_traffic_loses_nothing_acknowledged(
     redis_server: RedisServer, brokers: list[Serve], version: int
 ) -> None:
@@ -293,6 +343,7 @@ def test_redis_restart_under_traffic_loses_nothing_acknowledged(
     again.disconnect()
 
 
+@both_kinds
 def test_during_an_outage_stored_sessions_are_refused_and_others_work(
     redis_server: RedisServer, brokers: list[Serve], version: int
 ) -> None:
@@ -445,6 +496,7 @@ def test_outage_past_the_backlog_limit_rewrites_everything(
     back.disconnect()
 
 
+@both_kinds
 def test_worker_restarted_while_redis_is_down_serves_and_loads_later(
     redis_server: RedisServer, brokers: list[Serve]
 ) -> None:
