@@ -91,14 +91,7 @@ class RetainedAPI:
             props.message_expiry_interval = ttl
         expiry_at = shard.clock() + ttl if ttl is not None else None
         msg = Message(topic, bytes(payload), qos, True, props, expiry_at, None)
-        if payload:
-            shard.retained.set(topic, msg)
-            if shard.store is not None:
-                shard.store.retained_set(msg)
-        else:
-            shard.retained.delete(topic)
-            if shard.store is not None:
-                shard.store.retained_deleted(topic)
+        shard.set_retained(topic, msg if payload else None)
 
     def get(self, topic: str) -> RetainedMessage | None:
         shard = self._shard()
@@ -112,10 +105,12 @@ class RetainedAPI:
         return self._view(msg, now)
 
     def delete(self, topic: str) -> bool:
+        """Clear ``topic``'s retained message on every worker (and node);
+        whether this worker held one."""
         shard = self._shard()
-        if shard.store is not None:
-            shard.store.retained_deleted(topic)
-        return shard.retained.delete(topic)
+        held = shard.retained.get(topic) is not None
+        shard.set_retained(topic, None)
+        return held
 
     def for_each(self, topic_filter: str = "#") -> Iterator[RetainedMessage]:
         """Every live retained message whose topic matches ``topic_filter``."""

@@ -334,10 +334,6 @@ def retained_delete(shard: Shard, topic: str) -> bool:
     nothing to the subscribers."""
     if retained_get(shard, topic) is None:
         return False
-    shard.retained.delete(topic)
-    if shard.store is not None:
-        shard.store.retained_deleted(topic)
-    if shard.fabric.distributed:
-        shard.fabric.retained_changed(topic, None)
+    shard.set_retained(topic, None)
     log.info("admin: cleared the retained message of %s", topic)
     return True

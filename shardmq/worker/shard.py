@@ -654,19 +654,24 @@ class Shard:
     def publish(self, msg: Message) -> int:
         """Store a retained message and route ``msg``; returns the matching subscriptions."""
         if msg.retain:
-            store = self.store
-            if msg.payload:
-                self.retained.set(msg.topic, msg)
-                if store is not None:
-                    store.retained_set(msg)
-            else:
-                # [MQTT-3.3.1-6] an empty retained payload clears the topic
-                self.retained.delete(msg.topic)
-                if store is not None:
-                    store.retained_deleted(msg.topic)
-            if self.fabric.distributed:
-                self.fabric.retained_changed(msg.topic, msg if msg.payload else None)
+            self.set_retained(msg.topic, msg if msg.payload else None)
         return self.route(msg)
+
+    def set_retained(self, topic: str, msg: Message | None) -> None:
+        """Set (``msg``) or clear (None) ``topic``'s retained message here, in
+        the store and on every other worker and node."""
+        store = self.store
+        if msg is not None:
+            self.retained.set(topic, msg)
+            if store is not None:
+                store.retained_set(msg)
+        else:
+            # [MQTT-3.3.1-6] an empty retained payload clears the topic
+            self.retained.delete(topic)
+            if store is not None:
+                store.retained_deleted(topic)
+        if self.fabric.distributed:
+            self.fabric.retained_changed(topic, msg)
 
     def route(self, msg: Message) -> int:
         """Deliver to this shard's subscribers and hand to the other shards."""

@@ -253,6 +253,27 @@ def test_retained_across_shards(cluster2: Cluster) -> None:
     assert (msg.topic, msg.payload, msg.retain) == ("ret/a", b"kept", True)
 
 
+def test_the_embedding_apis_retained_changes_reach_every_worker(cluster2: Cluster) -> None:
+    """``broker.retained.add`` and ``delete`` called on one worker (by a hook)
+    act on every worker's retained messages, as a retained PUBLISH does."""
+    ctl = cluster2.connect_on(0)
+    ctl.publish("ctl/retained/add", b"ret/api=from the api", qos=1)
+    # a retained PUBLISH after it, on the same worker, follows it over the link
+    assert not ctl.publish("ret/zz", b"marker 1", qos=1, retain=True).is_failure
+    sub = cluster2.connect_on(1)
+    sub.subscribe("ret/#", qos=1)
+    got = {m.topic: m.payload for m in (sub.get(), sub.get())}
+    assert got == {"ret/api": b"from the api", "ret/zz": b"marker 1"}
+    ctl.publish("ctl/retained/delete", b"ret/api", qos=1)
+    assert not ctl.publish("ret/zz", b"marker 2", qos=1, retain=True).is_failure
+    sub.get()  # marker 2, live
+    late = cluster2.connect_on(1)
+    late.subscribe("ret/#", qos=1)
+    msg = late.get()
+    assert (msg.topic, msg.payload) == ("ret/zz", b"marker 2")
+    late.expect_nothing(0.3)  # ret/api is gone on worker 1 too
+
+
 def test_will_across_shards(cluster2: Cluster) -> None:
     sub = cluster2.connect_on(1)
     sub.subscribe("wills/#", qos=1)
