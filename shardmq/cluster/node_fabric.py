@@ -73,10 +73,12 @@ class NodeFabric(Fabric):
         return None
 
     async def start(self) -> None:
-        await super().start()
         store = self.shard.store
         if not isinstance(store, RedisStore):
             raise ConfigError("cluster", 'requires store = "redis"')
+        # before the other workers can take a session from this one
+        await self.link.catch_up(self.shard, store, self.retained_stamps)
+        await super().start()
         self.link.shared_changed = self._shared_changed
         await self.link.start(self.shard, store, self.retained_stamps)
 

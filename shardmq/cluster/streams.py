@@ -10,6 +10,8 @@ membership keys (``nodes.py``) it uses, with ``P`` the ``redis_prefix``:
                                         entry per sending process per loop iteration
                                         (``messages.N_*`` frames), ``MAXLEN ~``
                                         :data:`STREAM_MAXLEN` entries
+``P:read:<node id>``            hash    worker -> id of the last entry of the
+                                        node's stream that worker applied
 ``P:interest:<node>:<worker>``  hash    full filter -> how many of that process's
                                         sessions hold it; field ``""`` (never a
                                         filter [MQTT-4.7.3-1]) -> [epoch, version]
@@ -42,8 +44,18 @@ delivery, so a slow client cannot make it fall behind. With ``--workers N``
 every worker of a node reads the whole stream and delivers to its own
 connections: a message reaches a node once in Redis and is read N times, but no
 worker waits on another, a worker restarting loses nothing for the others,
-and there is no extra hop through the Unix-socket links. A process that
-starts reads from the end the stream had before it announced itself.
+and there is no extra hop through the Unix-socket links.
+
+Resuming. After each read a process records the id of the last entry it
+applied in ``P:read:<node id>`` (field: its worker number), in the store's
+batch that also holds what applying the entries stored (queued messages,
+messages in flight), so the two are written together. A process that starts
+(a worker the supervisor restarted, a node started again) reads its stream on
+from there, before it links up with its node's other workers so that none of
+its sessions moves meanwhile (``catch_up``): the messages, shared deliveries and
+retained changes of those entries go to the sessions it loaded; their interest
+deltas, barriers, takeovers and goodbyes are stale and skipped. A process with
+no record reads from the end the stream had before it announced itself.
 
 Interest. Each process replicates the filters its sessions hold (``$SYS``
 filters stay on their node) to every other node: for a plain filter a delta
@@ -116,6 +128,9 @@ log = logging.getLogger("shardmq.nodes")
 #: in) loses the oldest; each entry holds one sending process's frames of one
 #: loop iteration
 STREAM_MAXLEN = 100_000
+#: the frames of an entry from before a process joined that still apply (its
+#: messages and retained changes; the rest is stale: ``NodeLink._read``)
+REPLAYED = frozenset({m.N_PUBLISH, m.N_SHARE_PUBLISH, m.N_RETAIN, m.N_RETAINED_FULL})
 #: entries per XREAD, and how long one blocks (ms)
 READ_COUNT = 256
 BLOCK_MS = 2000
@@ -202,6 +217,8 @@ class NodeLink:
         self._reader: Any = None
         self._closing = False
         self._joined = False
+        #: the last entry ``catch_up`` applied (None: it did not run)
+        self._caught_up: bytes | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shard: FabricShard
         self.store: RedisStore
@@ -230,6 +247,11 @@ class NodeLink:
     def interest_key(self, proc: Process) -> str:
         return f"{self.prefix}:interest:{proc[0]}:{proc[1]}"
 
+    @property
+    def read_key(self) -> str:
+        """Hash: worker -> id of the last entry of this node's stream it applied."""
+        return f"{self.prefix}:read:{self.node_id}"
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(
@@ -239,11 +261,61 @@ class NodeLink:
         node holds this id), publish this process's interest, load theirs, and
         start reading. A worker restarted while Redis is away joins once it
         answers."""
+        self._open(shard, store, retained_stamps)
+        store.before_close = self._close_batch
+        if store.available:
+            try:
+                await self._join()
+            except ConfigError:
+                await self._close_clients()
+                raise
+        else:
+            assert self.loop is not None
+            self._tasks.append(self.loop.create_task(self._join_later()))
+
+    async def catch_up(
+        self, shard: FabricShard, store: RedisStore, retained_stamps: dict[str, float]
+    ) -> None:
+        """Before the worker links up with the others of its node (so that none
+        of its sessions moves meanwhile): apply what came into the node's
+        stream after the last entry an earlier life of this process applied
+        (``_resume_point``), to the sessions it loaded from the store. The
+        heartbeat is claimed first: a node refused for a live id changes
+        nothing. With Redis away it is left to the reader (``_read``)."""
+        self._open(shard, store, retained_stamps)
+        if not store.available:
+            return
+        try:
+            held, _live = await self.membership.beat(self._ctl)
+            if not held:
+                raise refused(self.node_id, self.membership.key)
+            end = await self._stream_end()
+            last = await self._resume_point(end)
+            key = self.stream_key(self.node_id)
+            while _entry_id(last) < _entry_id(end):
+                entries: Any = await self._ctl.xrange(
+                    key, min=b"(" + last, max=end, count=READ_COUNT
+                )
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    last = _raw(entry_id)
+                    self._apply(fields, last, replay=True)
+                # with what applying them stored, as ``_read`` records it
+                store.append("HSET", self.read_key, str(self.worker), last)
+            self._caught_up = last
+        except UNREACHABLE as exc:
+            log.warning("node %s: stream not read on yet: %s", self.node_id, exc)
+
+    def _open(
+        self, shard: FabricShard, store: RedisStore, retained_stamps: dict[str, float]
+    ) -> None:
+        if self._ctl is not None:
+            return
         self.loop = asyncio.get_running_loop()
         self.shard = shard
         self.store = store
         self.retained_stamps = retained_stamps
-        store.before_close = self._close_batch
         self._stale_wake = asyncio.Event()
         name = f"shardmq:{self.node_id}:{self.worker}"
         self._ctl = connect(
@@ -261,14 +333,6 @@ class NodeLink:
             client_name=f"{name}:reader",
             retry=Retry(NoBackoff(), 0),  # _read reconnects, and logs it
         )
-        if store.available:
-            try:
-                await self._join()
-            except ConfigError:
-                await self._close_clients()
-                raise
-        else:
-            self._tasks.append(self.loop.create_task(self._join_later()))
 
     async def _join(self) -> None:
         assert self._ctl is not None and self.loop is not None
@@ -276,7 +340,11 @@ class NodeLink:
             held, live = await self.membership.beat(self._ctl)
             if not held:
                 raise refused(self.node_id, self.membership.key)
-            start = await self._stream_end()
+            end = await self._stream_end()
+            if self._caught_up is not None:
+                start = self._caught_up
+            else:
+                start = await self._resume_point(end)
         except UNREACHABLE as exc:
             raise ConfigError(
                 "redis_url", f"cannot join the cluster at {mask_url(self.url)}: {exc}"
@@ -299,7 +367,7 @@ class NodeLink:
         self._joined = True
         self.owners.check_restored()
         loop = self.loop
-        self._tasks.append(loop.create_task(self._read(start)))
+        self._tasks.append(loop.create_task(self._read(start, end)))
         self._tasks.append(loop.create_task(self._beat()))
         self._tasks.append(loop.create_task(self._reloader()))
         assert self._stale_wake is not None
@@ -316,6 +384,11 @@ class NodeLink:
     async def _join_later(self) -> None:
         delay = BACKOFF_MIN
         while not self._closing:
+            if not self.store.available:
+                # its stored sessions first: what is read on from the stream is for them
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
             try:
                 await self._join()
                 return
@@ -325,6 +398,27 @@ class NodeLink:
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _resume_point(self, end: bytes) -> bytes:
+        """Where this process reads from: after the last entry it applied in an
+        earlier life (a worker restarted, a node started again), which its
+        store batches recorded with what applying it wrote; else ``end``."""
+        assert self._ctl is not None
+        applied: Any = await self._ctl.hget(self.read_key, str(self.worker))
+        if applied is None or _entry_id(applied) >= _entry_id(end):
+            return end
+        resume = _raw(applied)
+        key = self.stream_key(self.node_id)
+        first: Any = await self._ctl.xrange(key, count=1)
+        if first and _entry_id(first[0][0]) > _entry_id(resume):
+            await self._check_trimmed(key, resume)
+        log.info(
+            "node %s (worker %d): reading its stream on from %s, the last entry it applied",
+            self.node_id,
+            self.worker,
+            resume.decode(),
+        )
+        return resume
 
     async def _stream_end(self) -> bytes:
         """The id of the last entry in this node's stream (where reading starts)."""
@@ -896,11 +990,19 @@ class NodeLink:
 
     # -- receiving -----------------------------------------------------------------------
 
-    async def _read(self, last: bytes) -> None:
-        """Read this node's stream from ``last`` on, for ever."""
+    async def _read(self, last: bytes, replayed: bytes = b"0-0") -> None:
+        """Read this node's stream from ``last`` on, for ever. Entries up to
+        ``replayed`` came in before this process joined (it resumes where an
+        earlier life stopped): only their messages and retained changes apply,
+        their control frames are stale. After each read the id of the last
+        entry goes into the store's batch, which also holds what applying the
+        entries wrote (queued messages, messages in flight), so a process
+        killed at any point resumes from what its stored sessions reflect."""
         reader = self._reader
         assert reader is not None
         key = self.stream_key(self.node_id)
+        field = str(self.worker)
+        replay_to = _entry_id(replayed)
         delay = BACKOFF_MIN
         lost_at: float | None = None
         while True:
@@ -937,10 +1039,14 @@ class NodeLink:
             for _stream, entries in streams:
                 for entry_id, fields in entries:
                     last = _raw(entry_id)
-                    try:
-                        self._entry(fields)
-                    except Exception:
-                        log.exception("node %s: bad stream entry %s", self.node_id, last)
+                    self._apply(fields, last, replay_to >= _entry_id(last))
+            self.store.append("HSET", self.read_key, field, last)
+
+    def _apply(self, fields: dict[bytes, bytes], entry_id: bytes, replay: bool) -> None:
+        try:
+            self._entry(fields, replay)
+        except Exception:
+            log.exception("node %s: bad stream entry %s", self.node_id, entry_id.decode())
 
     async def _check_trimmed(self, key: str, last: bytes) -> None:
         """After a reconnection: did trimming (MAXLEN) remove entries not read yet?"""
@@ -959,7 +1065,7 @@ class NodeLink:
                 STREAM_MAXLEN,
             )
 
-    def _entry(self, fields: dict[bytes, bytes]) -> None:
+    def _entry(self, fields: dict[bytes, bytes], replay: bool = False) -> None:
         data = fields.get(b"e")
         if data is None:
             return
@@ -981,6 +1087,8 @@ class NodeLink:
         bye = shared = False
         for frame in unpacker:
             kind = frame[0]
+            if replay and kind not in REPLAYED:
+                continue
             if kind == m.N_PUBLISH:
                 msg = shard.unpack_message(frame[1], now)
                 msg.src = -1  # numbered by another node's shards: not ours to dedupe
@@ -1029,6 +1137,8 @@ class NodeLink:
                 self._left(proc)
             else:
                 log.warning("node %s: unknown frame %r from %s", self.node_id, kind, proc)
+        if replay:
+            return
         if shared or bye:
             self.shared_changed()
         if not bye and node not in self.live and node != self.node_id:

@@ -12,16 +12,18 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cluster.nodes import NODE_TIMEOUT, Nodes, cut_reader
 from tests.helpers import WAIT, Client, wait_for
 from tests.redis_server import RedisClusterServer, RedisServer, both_kinds, redis_server_path
-from tests.storage.serve import ROOT, Serve, free_port
+from tests.storage.serve import ROOT, Serve, free_port, worker_serving
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
 NO_MATCHING_SUBSCRIBERS = 0x10
+PERSISTENT: dict[str, Any] = {"clean_start": False, "session_expiry": 300}
 
 
 # -- routing -------------------------------------------------------------------------
@@ -172,6 +174,37 @@ def test_acknowledged_messages_survive_cut_redis_connections(
     # the reader really was cut and came back as a new connection
     assert "stream reader lost Redis" in b.log_text()
     assert wait_for(lambda: reader_ids() and not reader_ids() & before)
+
+
+@both_kinds
+def test_a_restarted_worker_reads_on_from_the_last_entry_it_applied(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """A worker of node b stalls (SIGSTOP) while node a publishes QoS 1
+    messages for a persistent session that worker holds: a acknowledges them
+    once they are in b's stream. The worker is then killed; the one the
+    supervisor starts in its place reads b's stream on from the last entry the
+    old one applied (recorded with what applying it stored), so the session
+    gets every acknowledged message, once, in order."""
+    a = nodes.start("a")
+    b = nodes.start("b", 2)
+    sub = nodes.client(b, client_id="resume-me", version=version, **PERSISTENT)
+    sub.subscribe("resume/#", qos=1)
+    worker = worker_serving(b, sub.paho.socket().getsockname())
+    sub.disconnect()
+    pub = nodes.client(a, version=version)
+    assert not pub.publish("resume/x", b"0", qos=1).is_failure  # applied, stored
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(1, 21):
+            assert not pub.publish("resume/x", str(i).encode(), qos=1).is_failure
+    finally:
+        worker.kill()
+    wait_for(lambda: "(generation 2)" in b.log_text(), timeout=30)  # restarted
+    wait_for(lambda: b.log_text().count("joined the cluster") >= 3, timeout=30)
+    again = nodes.client(b, client_id="resume-me", version=version, **PERSISTENT)
+    got = [int(m.payload) for m in again.drain(1.0)]
+    assert got == list(range(21))
 
 
 @both_kinds

@@ -116,6 +116,20 @@ class Serve:
             os.unlink(self.log.name)
 
 
+def worker_serving(b: Serve, local: tuple[str, int]) -> Any:
+    """The worker process (psutil) holding the connection from ``local``."""
+    import psutil
+
+    assert b.proc is not None
+    for proc in psutil.Process(b.proc.pid).children():
+        # net_connections since psutil 6; connections before (the project allows 5.9)
+        listing = getattr(proc, "net_connections", None) or proc.connections
+        for conn in listing(kind="tcp"):
+            if conn.raddr and (conn.raddr.ip, conn.raddr.port) == tuple(local[:2]):
+                return proc
+    raise AssertionError("no worker holds the connection")
+
+
 def kill_tree(pid: int) -> None:
     import psutil
 

@@ -45,6 +45,7 @@ from tests.storage.serve import (
     check_session,
     fill_session,
     persistent,
+    worker_serving,
 )
 
 DEBUG = ["--log-level", "debug"] if os.environ.get("SHARDMQ_TEST_KEEP_LOGS") else []
@@ -176,19 +177,6 @@ def test_unacknowledged_and_inbound_qos2_survive_kill_9(
     check_inbound_qos2_kept(b.port, version, sub, "q/4")
 
 
-def _worker_serving(b: Serve, client: Raw) -> psutil.Process:
-    """The worker process that holds ``client``'s connection."""
-    local = client.sock.getsockname()
-    assert b.proc is not None
-    for proc in psutil.Process(b.proc.pid).children():
-        # net_connections since psutil 6; connections before (the project allows 5.9)
-        listing = getattr(proc, "net_connections", None) or proc.connections
-        for conn in listing(kind="tcp"):
-            if conn.raddr and (conn.raddr.ip, conn.raddr.port) == local:
-                return proc
-    raise AssertionError("no worker holds the connection")
-
-
 @both_kinds
 def test_a_killed_worker_gets_its_sessions_back(
     redis_server: RedisServer, brokers: list[Serve], version: int
@@ -208,7 +196,7 @@ def test_a_killed_worker_gets_its_sessions_back(
     assert isinstance(first, Publish) and first.payload == b"in flight"
     # its worker wrote it as in flight (the publisher may be on the other one)
     wait_for(lambda: redis_server.client().hlen("shardmq:s:{owned}:f") == 1)
-    worker = _worker_serving(b, sub)
+    worker = worker_serving(b, sub.sock.getsockname())
     others = {p.pid for p in psutil.Process(b.proc.pid).children()} - {worker.pid}  # type: ignore[union-attr]
     worker.kill()
     assert sub.recv() is None  # its connection died with it
@@ -511,7 +499,7 @@ def test_worker_restarted_while_redis_is_down_serves_and_loads_later(
     assert isinstance(sub.recv(), Suback)
     r = redis_server.client()
     wait_for(lambda: r.exists("shardmq:s:{patient}:sub") == 1)
-    worker = _worker_serving(b, sub)
+    worker = worker_serving(b, sub.sock.getsockname())
     redis_server.stop()
     worker.kill()
     assert sub.recv() is None
