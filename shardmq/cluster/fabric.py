@@ -21,7 +21,7 @@ Consistency the fabric gives the shard (what the tests rely on):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
@@ -67,6 +67,8 @@ class FabricShard(Protocol):
     def restore(self, state: StoredState, from_store: bool = False) -> None: ...
 
     def route_local(self, msg: Message) -> int: ...
+
+    def route_to(self, msg: Message, keep: Callable[[str], bool]) -> int: ...
 
     def forward_moved(self, msg: Message) -> None: ...
 

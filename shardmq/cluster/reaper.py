@@ -10,7 +10,11 @@ elsewhere meanwhile has claimed its session already, and keeps it). It then
 installs those sessions as offline sessions of its own, as it would restore
 them at start: a session that was online when its node died is offline from
 now, so its will is published once its will delay has passed (at once without
-one), its expiry counts from now, and one that had expired ends. From then on
+one), its expiry counts from now, and one that had expired ends. In the same
+step it delivers to them the messages in the dead node's stream that its
+workers had not applied (``P:read:<node>``; ``NodeLink.unread_of`` and
+``replay_adopted``), so what another node acknowledged for them, the dead
+node's stream holding it, is not lost. From then on
 they are sessions of this process: they queue what their subscriptions match,
 and a client reconnecting anywhere takes its session from here
 (``owners.py``). The lock is dropped once done; the compare-and-set, not the
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..storage import codec
 from ..storage.base import StoredState
+from ..storage.redis import UNREACHABLE
 
 if TYPE_CHECKING:
     from .streams import NodeLink
@@ -80,17 +85,40 @@ async def reap(link: NodeLink, node: str) -> int:
             await store.forget_index_of(node, moved)
         shard = link.shard
         records = [rec for rec, _epoch in adopted if rec.client_id not in shard.sessions]
+        replayed = 0
         if records:
+            try:
+                unread = await link.unread_of(node)
+            except UNREACHABLE as exc:
+                log.error(
+                    "node %s: the stream of dead node %s not read (%s): what it had "
+                    "not applied is not delivered to its sessions",
+                    link.node_id,
+                    node,
+                    exc,
+                )
+                unread = None
+            # from here to the end of the replay: no await, so nothing reaches
+            # the adopted sessions before what was sent to the dead node
             for rec, epoch in adopted:
                 owners.adopting[rec.client_id] = epoch
             shard.restore(StoredState(sessions=records))
+            if unread is not None:
+                installed = {rec.client_id for rec in records}
+                by_worker: dict[int, set[str]] = {}
+                for shard_id, client_id in moved:
+                    if client_id in installed:
+                        by_worker.setdefault(shard_id, set()).add(client_id)
+                replayed = link.replay_adopted(*unread, by_worker)
         log.log(
             logging.WARNING if records else logging.DEBUG,
-            "node %s: node %s is dead: %d of its %d sessions adopted here",
+            "node %s: node %s is dead: %d of its %d sessions adopted here, "
+            "%d messages it had not applied delivered to them",
             link.node_id,
             node,
             len(records),
             len(ids),
+            replayed,
         )
         return len(records)
     finally:

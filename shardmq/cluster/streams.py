@@ -196,6 +196,14 @@ class NodeLink:
         self._scheduled = False
         #: destination node -> number of the last entry sent to it
         self._numbers: dict[str, int] = {}
+        #: number of the last message forwarded (``N_PUBLISH``)
+        self._mid = 0
+        #: messages a replay for adopted sessions delivered ((node, worker,
+        #: epoch, number) of each), and the id of the entry of this node's
+        #: stream after which none of them can come in any more (``replay_adopted``)
+        self._replayed: set[tuple[str, int, int, int]] = set()
+        self._replayed_until = (0, 0)
+        self._adopted: set[str] = set()
         #: the future of the batch that will carry this iteration's QoS 1/2
         #: messages and retained changes
         self._durable: asyncio.Future[None] | None = None
@@ -545,7 +553,10 @@ class NodeLink:
         nodes = self.interest.nodes_for(message.topic)
         if not nodes:
             return 0
-        frame = _packb([m.N_PUBLISH, self.shard.pack_message(message, time.time())])
+        # one number per message, whatever its destinations: a survivor that
+        # replays a dead node's stream knows a copy it also got itself
+        self._mid += 1
+        frame = _packb([m.N_PUBLISH, self.shard.pack_message(message, time.time()), self._mid])
         for node in nodes:
             self._send(node, frame)
         if message.qos:
@@ -1041,6 +1052,9 @@ class NodeLink:
                     last = _raw(entry_id)
                     self._apply(fields, last, replay_to >= _entry_id(last))
             self.store.append("HSET", self.read_key, field, last)
+            if self._replayed and _entry_id(last) >= self._replayed_until:
+                self._replayed.clear()
+                self._adopted.clear()
 
     def _apply(self, fields: dict[bytes, bytes], entry_id: bytes, replay: bool) -> None:
         try:
@@ -1094,7 +1108,16 @@ class NodeLink:
                 msg.src = -1  # numbered by another node's shards: not ours to dedupe
                 msg.seq = 0
                 msg.dests = ()
-                shard.route_local(msg)
+                if (
+                    self._replayed
+                    and len(frame) > 2
+                    and (node, worker, epoch, frame[2]) in self._replayed
+                ):
+                    # sent to a dead node too, and replayed to the sessions
+                    # adopted from it: the others get it
+                    shard.route_to(msg, self._not_adopted)
+                else:
+                    shard.route_local(msg)
             elif kind == m.N_SUB_ADD or kind == m.N_SUB_DEL:
                 held = kind == m.N_SUB_ADD
                 if not self.interest.apply(proc, epoch, frame[1], frame[2], held):
@@ -1143,6 +1166,83 @@ class NodeLink:
             self.shared_changed()
         if not bye and node not in self.live and node != self.node_id:
             self._met(node, workers)
+
+    # -- a dead node's stream -----------------------------------------------------------
+
+    async def unread_of(self, node: str) -> tuple[dict[int, bytes], list[Any], bytes]:
+        """What dead node ``node``'s workers had not applied: (worker -> the
+        last entry it applied, the entries after the oldest of those, the
+        last entry of this node's own stream). Read before the survivor
+        installs the sessions it adopts (``reaper.reap``)."""
+        ctl = self._ctl
+        assert ctl is not None
+        marks: Any = await ctl.hgetall(f"{self.prefix}:read:{node}")
+        applied = {int(w): _raw(v) for w, v in marks.items()}
+        entries: list[Any] = []
+        if applied:
+            key = self.stream_key(node)
+            last = min(applied.values(), key=_entry_id)
+            while True:
+                chunk: Any = await ctl.xrange(key, min=b"(" + last, count=READ_COUNT * 4)
+                if not chunk:
+                    break
+                entries.extend(chunk)
+                last = _raw(chunk[-1][0])
+        own: Any = await ctl.xrevrange(self.stream_key(self.node_id), count=1)
+        return applied, entries, _raw(own[0][0]) if own else b"0-0"
+
+    def replay_adopted(
+        self,
+        applied: dict[int, bytes],
+        entries: list[Any],
+        own_end: bytes,
+        adopted: dict[int, set[str]],
+    ) -> int:
+        """Deliver the messages of a dead node's unread ``entries`` to the
+        sessions adopted from it (``adopted``: its worker -> their client ids),
+        each entry to the sessions of the workers that had not applied it, in
+        stream order. Called in the same step as the sessions are installed,
+        so nothing reaches them in between. A message the sender also sent
+        this node, not read here yet (up to ``own_end``), is then kept from the
+        adopted sessions when it comes (``_replayed``). Shared deliveries to
+        the dead node's members are not replayed. Returns the messages
+        delivered."""
+        shard = self.shard
+        now = time.time()
+        count = 0
+        self._adopted.update(*adopted.values())
+        for entry_id, fields in entries:
+            at = _entry_id(entry_id)
+            behind = [c for w, c in adopted.items() if w in applied and at > _entry_id(applied[w])]
+            cids = set().union(*behind)
+            data = fields.get(b"e")
+            if not cids or data is None:
+                continue
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+            unpacker.feed(data)
+            head = unpacker.unpack()
+            if head[0] != m.NODE_FORMAT:
+                continue
+            _fmt, node, worker, _workers, epoch, _number = head
+            for frame in unpacker:
+                if frame[0] != m.N_PUBLISH:
+                    continue
+                msg = shard.unpack_message(frame[1], now)
+                msg.src = -1
+                msg.seq = 0
+                msg.dests = ()
+                if shard.route_to(msg, cids.__contains__):
+                    count += 1
+                    if len(frame) > 2:
+                        self._replayed.add((node, worker, epoch, frame[2]))
+        if self._replayed:
+            self._replayed_until = max(self._replayed_until, _entry_id(own_end))
+        else:
+            self._adopted.clear()
+        return count
+
+    def _not_adopted(self, client_id: str) -> bool:
+        return client_id not in self._adopted
 
     def _left(self, proc: Process) -> None:
         """A process of another node stopped gracefully: forget it now rather

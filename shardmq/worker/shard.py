@@ -718,6 +718,16 @@ class Shard:
                 matched += self._route_overlapping(msg, nodes)
         return matched
 
+    def route_to(self, msg: Message, keep: Callable[[str], bool]) -> int:
+        """``route_local`` to the sessions whose client id ``keep`` accepts
+        (a dead node's messages replayed to the sessions adopted from it)."""
+        nodes = [
+            picked
+            for subs in self.trie.match(msg.topic)
+            if (picked := {cid: sub for cid, sub in subs.items() if keep(cid)})
+        ]
+        return self._route_overlapping(msg, nodes) if nodes else 0
+
     def _route_overlapping(self, msg: Message, nodes: list[dict[str, Subscription]]) -> int:
         """Several filters matched: one copy per client at the highest QoS,
         carrying every matching subscription identifier [MQTT-3.3.4-2, -3, -5]."""

@@ -8,6 +8,8 @@ QoS 2 state.
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import pytest
@@ -167,6 +169,40 @@ def test_a_dead_nodes_session_resumes_on_another_node(
     flags, _, _ = again.connect()
     assert flags.session_present is True
     assert again.get().payload == b"kept"
+
+
+@both_kinds
+def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """Node a stalls (SIGSTOP) holding an offline session; node b, which still
+    counts a as alive, publishes 20 QoS 1 messages for it, each acknowledged
+    once it is in a's stream; a is then killed. The survivor adopting a's
+    sessions delivers what a had not applied: the client reconnecting to b
+    gets all 21 messages, once, in order."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    first = persistent(a.port, "stalled", version)
+    first.connect()
+    first.subscribe("st/#", qos=1)
+    first.disconnect()
+    pub = nodes.client(b, version=version)
+    r = redis_server.client()
+    assert pub.publish("st/x", b"0", qos=1).value == 0
+    wait_for(lambda: r.hlen("shardmq:s:{stalled}:q") == 1)  # applied by a
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(1, 21):
+            assert pub.publish("st/x", str(i).encode(), qos=1).value == 0  # in a's stream
+    finally:
+        a.stop(signal.SIGKILL)
+    wait_for(lambda: "sessions adopted here" in b.log_text(), timeout=NODE_TIMEOUT * 4)
+    again = persistent(b.port, "stalled", version)
+    nodes.clients.append(again)
+    assert again.connect()[0].session_present is True
+    got = [int(m.payload) for m in again.drain(1.0)]
+    assert got == list(range(21))
 
 
 def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
