@@ -6,6 +6,35 @@ from typing import Any
 import pytest
 
 from tests.helpers import BrokerThread, Client, RawClient
+from tests.redis_server import RedisClusterServer
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterServer]:
+    """One Redis Cluster of three primaries for the whole run (``redis_for``
+    empties it for each test)."""
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test run against a Redis Cluster runs in MQTT 5 only: what reaches
+    Redis does not depend on the protocol version (both versions run against
+    one redis-server)."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("version") == 4 and "redis-cluster" in params.values():
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture

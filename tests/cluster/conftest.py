@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.nodes import Nodes
-from tests.redis_server import RedisServer, start_redis
+from tests.redis_server import RedisServer, redis_for
 
 
 @pytest.fixture
 def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
     """One redis-server, or (a test marked ``both_kinds``) a Redis Cluster too."""
-    server = start_redis(getattr(request, "param", "redis"), tmp_path)
-    yield server
-    server.stop()
+    yield from redis_for(request, tmp_path)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from shardmq.auth.redis import invalidation_channel
 from shardmq.protocol.constants import ReasonCode
 from shardmq.protocol.packets import Connack, Connect
 from tests.helpers import BrokerThread, Client, RawClient, expect, wait_for
-from tests.redis_server import RedisClusterServer, RedisServer, redis_server_path, start_redis
+from tests.redis_server import RedisClusterServer, RedisServer, redis_for, redis_server_path
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
 
@@ -27,9 +27,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RedisServer]:
     """One redis-server, and a Redis Cluster of three primaries."""
-    started = start_redis(request.param, tmp_path_factory.mktemp("redis-access"))
-    yield started
-    started.stop()
+    yield from redis_for(request, tmp_path_factory.mktemp("redis-access"))
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ from tests.redis_server import (
     RedisClusterServer,
     RedisServer,
     both_kinds,
+    redis_for,
     redis_server_path,
-    start_redis,
 )
 from tests.storage.serve import (
     ROOT,
@@ -55,9 +55,7 @@ pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-serve
 
 @pytest.fixture
 def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(getattr(request, "param", "redis"), tmp_path)
-    yield server
-    server.stop()
+    yield from redis_for(request, tmp_path)
 
 
 def serve(redis_server: RedisServer, brokers: list[Serve], workers: int = 1, *extra: str) -> Serve:
