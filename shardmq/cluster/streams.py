@@ -49,7 +49,9 @@ and there is no extra hop through the Unix-socket links.
 Resuming. After each read a process records the id of the last entry it
 applied in ``P:read:<node id>`` (field: its worker number), in the store's
 batch that also holds what applying the entries stored (queued messages,
-messages in flight), so the two are written together. A process that starts
+messages in flight), so the two are written together (on a Redis Cluster,
+where they live in different slots, the record goes after the rest: a
+process killed in between delivers an entry twice, never loses one). A process that starts
 (a worker the supervisor restarted, a node started again) reads its stream on
 from there, before it links up with its node's other workers so that none of
 its sessions moves meanwhile (``catch_up``): the messages, shared deliveries and
@@ -310,7 +312,7 @@ class NodeLink:
                     last = _raw(entry_id)
                     self._apply(fields, last, replay=True)
                 # with what applying them stored, as ``_read`` records it
-                store.append("HSET", self.read_key, str(self.worker), last)
+                store.append("HSET", self.read_key, str(self.worker), last, last=True)
             self._caught_up = last
         except UNREACHABLE as exc:
             log.warning("node %s: stream not read on yet: %s", self.node_id, exc)
@@ -1051,7 +1053,7 @@ class NodeLink:
                 for entry_id, fields in entries:
                     last = _raw(entry_id)
                     self._apply(fields, last, replay_to >= _entry_id(last))
-            self.store.append("HSET", self.read_key, field, last)
+            self.store.append("HSET", self.read_key, field, last, last=True)
             if self._replayed and _entry_id(last) >= self._replayed_until:
                 self._replayed.clear()
                 self._adopted.clear()

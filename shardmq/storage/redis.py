@@ -733,13 +733,18 @@ class RedisStore:
     def pending(self) -> bool:
         return bool(self._buf)
 
-    def append(self, command: str, key: str, *args: Any) -> None:
+    def append(self, command: str, key: str, *args: Any, last: bool = False) -> None:
         """Add a command of another kind (``XADD``, ``PEXPIRE``...) to the open
         batch: it is written with the store's changes, in order, retried as
         they are. It must be safe to run twice (a batch whose reply was lost
         is written again): an ``XADD`` entry carries a number its reader
-        checks."""
+        checks. ``last`` (an ``XADD`` is so anyway): on a Redis Cluster, sent
+        only once the rest of the batch is written (a record of what the rest
+        did)."""
         self._add(_bulk(command), key, *args)
+        if last and self._segments:
+            slot, key_, end, args_, _notify = self._segments[-1]
+            self._segments[-1] = (slot, key_, end, args_, True)
 
     def schedule(self) -> None:
         """Close the open batch at the end of this loop iteration even while it

@@ -185,7 +185,8 @@ def test_a_restarted_worker_reads_on_from_the_last_entry_it_applied(
     once they are in b's stream. The worker is then killed; the one the
     supervisor starts in its place reads b's stream on from the last entry the
     old one applied (recorded with what applying it stored), so the session
-    gets every acknowledged message, once, in order."""
+    gets every acknowledged message, in order, once (on a Redis Cluster: at
+    least once)."""
     a = nodes.start("a")
     b = nodes.start("b", 2)
     sub = nodes.client(b, client_id="resume-me", version=version, **PERSISTENT)
@@ -204,7 +205,12 @@ def test_a_restarted_worker_reads_on_from_the_last_entry_it_applied(
     wait_for(lambda: b.log_text().count("joined the cluster") >= 3, timeout=30)
     again = nodes.client(b, client_id="resume-me", version=version, **PERSISTENT)
     got = [int(m.payload) for m in again.drain(1.0)]
-    assert got == list(range(21))
+    if isinstance(redis_server, RedisClusterServer):
+        # the read mark and the session's keys are in different slots: a
+        # worker stopped between the two writes delivers an entry twice
+        assert list(dict.fromkeys(got)) == list(range(21))
+    else:
+        assert got == list(range(21))
 
 
 @both_kinds
