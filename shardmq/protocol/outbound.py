@@ -120,8 +120,9 @@ class Outbox:
         self.alias_max = 0
         #: topic -> the alias the client knows it by
         self.aliases: dict[str, int] = {}
-        #: in-flight packet ids still to resend after a reconnect
-        self.unsent: deque[int] = deque()
+        #: in-flight packet ids still to resend after a reconnect (the empty
+        #: tuple until there are some: most connections never have any)
+        self.unsent: deque[int] | tuple[()] = ()
         #: access control: whether the client may read a topic (None: it may
         #: read everything it subscribed to); a wildcard subscription must not
         #: deliver a topic the rules deny it
@@ -274,11 +275,14 @@ class Outbox:
         at once than the client's new Receive Maximum allows [MQTT-3.3.4-9];
         the rest follow as acknowledgements free the window."""
         sent = 0
+        later: deque[int] = deque()
         for pid in list(session.inflight):
             if sent >= self.window:
-                self.unsent.append(pid)
+                later.append(pid)
             elif self._resend_one(session, pid, now):
                 sent += 1
+        if later:
+            self.unsent = deque([*self.unsent, *later])
 
     def _resend_one(self, session: Session, pid: int, now: float) -> bool:
         out = session.inflight.get(pid)
@@ -307,6 +311,7 @@ class Outbox:
         """An outbound QoS 1/2 flow ended: resend or send what waits for the slot."""
         unsent = self.unsent
         while unsent:
+            assert isinstance(unsent, deque)
             if self._resend_one(session, unsent.popleft(), now):
                 return
         if session.pending:

@@ -150,6 +150,10 @@ class Subscriber(Protocol):
         """Another connection claimed the client id: close with 0x8E."""
 
 
+#: the inbound QoS 2 ids of a session that has none (shared, never changed)
+NO_IDS: frozenset[int] = frozenset()
+
+
 class SessionJournal(Protocol):
     """Told of every change of a session's queue and flight state, in order
     (a store keeps a durable copy from it; see ``storage/base.py``). The
@@ -208,8 +212,12 @@ class Session:
         self.expiry_interval = 0
         self.connection: Subscriber | None = None
         self.inflight: dict[int, Outbound] = {}
-        self.pending: deque[Delivery] = deque()
-        self.inbound_qos2: set[int] = set()
+        #: queued deliveries, oldest first; the empty tuple until the first
+        #: one (an empty deque costs 760 bytes, and most sessions never queue)
+        self.pending: deque[Delivery] | tuple[()] = ()
+        #: inbound QoS 2 packet ids answered with PUBREC, not yet released
+        #: (a shared empty frozenset until the first: most sessions have none)
+        self.inbound_qos2: set[int] | frozenset[int] = NO_IDS
         self.next_packet_id = 1
         self.will: Will | None = None
         #: wall-clock time the delayed will is due, while it waits
@@ -244,6 +252,8 @@ class Session:
     def enqueue(self, delivery: Delivery) -> bool:
         """Queue a delivery; returns False (and counts it) when one was dropped."""
         pending = self.pending
+        if not pending:
+            pending = self.pending = deque()
         journal = self.journal
         if len(pending) >= self.max_queued:
             self.dropped += 1
@@ -262,7 +272,9 @@ class Session:
 
     def pop_pending(self) -> Delivery:
         """Take the head of the queue (to send it, or because it expired)."""
-        delivery = self.pending.popleft()
+        pending = self.pending
+        assert pending, "pop_pending on an empty queue"
+        delivery = pending.popleft()
         if self.journal is not None:
             self.journal.unqueued(self)
         return delivery
@@ -286,15 +298,21 @@ class Session:
         return out
 
     def add_inbound(self, packet_id: int) -> None:
-        self.inbound_qos2.add(packet_id)
+        ids = self.inbound_qos2
+        if isinstance(ids, set):
+            ids.add(packet_id)
+        else:
+            self.inbound_qos2 = {packet_id}
         if self.journal is not None:
             self.journal.inbound_added(self, packet_id)
 
     def release_inbound(self, packet_id: int) -> bool:
         """The PUBREL of an inbound QoS 2 flow; False when the id was not known."""
-        if packet_id not in self.inbound_qos2:
+        ids = self.inbound_qos2
+        if packet_id not in ids:
             return False
-        self.inbound_qos2.discard(packet_id)
+        assert isinstance(ids, set)
+        ids.discard(packet_id)
         if self.journal is not None:
             self.journal.inbound_released(self, packet_id)
         return True

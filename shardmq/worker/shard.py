@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -546,7 +547,7 @@ class Shard:
         for full_filter, sub in list(session.subscriptions.items()):
             self._remove_subscription(session.client_id, full_filter, sub)
         session.subscriptions.clear()
-        session.pending.clear()
+        session.pending = ()
         session.inflight.clear()
 
     def publish_will(self, will: Will) -> None:
@@ -960,7 +961,8 @@ class Shard:
         session.expiry_interval = rec.expiry_interval
         for f, qos, nl, rap, rh, ident in rec.subscriptions:
             self.subscribe(session, f, qos, nl, rap, rh, ident, want_retained=False)
-        session.pending.extend(rec.pending)
+        if rec.pending:
+            session.pending = deque(rec.pending)
         for pid, (msg, qos, retain, ids), released in rec.inflight:
             out = Outbound(msg, qos, retain, ids)
             out.released = released

@@ -27,7 +27,7 @@ def _session() -> Session:
     s.subscriptions["$share/g/b"] = Subscription(s, "b", 2, False, True, 0, None, "g")
     props = Properties(correlation_data=b"\x01\x02", content_type="x", payload_format_indicator=2)
     m = Message("a/1", bytes(range(256)), 2, False, props, 1_900_000_100.5, "pub")
-    s.pending.append((m, 1, False, [7]))
+    s.enqueue((m, 1, False, [7]))
     s.inflight[5] = Outbound(m, 2, True, None)
     s.inflight[5].released = True
     s.inbound_qos2 = {3, 9}

@@ -8,6 +8,7 @@ already routed from a new one, counting the receive window.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from ...errors import ProtocolViolation
@@ -37,7 +38,11 @@ class Limits(Protocol):
 
 
 def check_publish(
-    packet: Publish, version: int, aliases: dict[int, str], inbound_qos2: set[int], limits: Limits
+    packet: Publish,
+    version: int,
+    aliases: dict[int, str],
+    inbound_qos2: AbstractSet[int],
+    limits: Limits,
 ) -> str:
     """ROUTE or DUPLICATE; the packet's topic alias is resolved in place (and
     removed from its properties); ``aliases`` learns a new mapping."""
