@@ -31,6 +31,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _redis_server(port: int, directory: Path, extra: list[str] | None = None) -> Any:
+    """A redis-server on 127.0.0.1:``port`` keeping its files in ``directory``,
+    every write appended and fsynced (``appendfsync always``)."""
+    exe = redis_server_path()
+    assert exe is not None, "redis-server is not installed"
+    directory.mkdir(parents=True, exist_ok=True)
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    argv += [*(extra or []), "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    argv += ["--daemonize", "no", "--logfile", str(directory / "redis.log")]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class RedisServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -42,32 +54,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        exe = redis_server_path()
-        assert exe is not None, "redis-server is not installed"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.proc = _redis_server(self.port, self.directory)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -120,42 +107,10 @@ class RedisClusterServer:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self) -> RedisClusterServer:
-        exe = redis_server_path()
-        assert exe is not None, "redis-server is not installed"
         for port in self.ports:
-            home = self.directory / str(port)
-            home.mkdir(parents=True, exist_ok=True)
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        exe,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--dir",
-                        str(home),
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "yes",
-                        "--appendfsync",
-                        "always",
-                        "--daemonize",
-                        "no",
-                        "--logfile",
-                        str(home / "redis.log"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+            cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            cluster += ["--cluster-node-timeout", "2000"]
+            self.procs.append(_redis_server(port, self.directory / str(port), cluster))
         deadline = time.monotonic() + 15
         for port in self.ports:
             self._wait(lambda port=port: self.node(port).ping(), deadline)

@@ -34,6 +34,14 @@ pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-serve
 SESSION_TAKEN_OVER = 0x8E
 
 
+def leave_offline(port: int, client_id: str, version: int, topic_filter: str, qos: int) -> None:
+    """A persistent session subscribed to ``topic_filter``, left offline."""
+    first = persistent(port, client_id, version)
+    first.connect()
+    first.subscribe(topic_filter, qos=qos)
+    first.disconnect()
+
+
 @both_kinds
 def test_takeover_on_another_node_disconnects_the_old_connection(
     nodes: Nodes, redis_server: RedisServer, version: int
@@ -70,10 +78,7 @@ def test_queued_messages_follow_the_session_to_another_node(nodes: Nodes, versio
     there from then on."""
     a = nodes.start("a")
     b = nodes.start("b", 2)
-    first = persistent(a.port, "keeper", version)
-    first.connect()
-    first.subscribe("keep/#", qos=2)
-    first.disconnect()
+    leave_offline(a.port, "keeper", version, "keep/#", 2)
     pub = nodes.client(a, version=version)
     assert pub.publish("keep/a", b"queued 1", qos=1).value == 0
     assert pub.publish("keep/b", b"queued 2", qos=2).value == 0
@@ -130,10 +135,7 @@ def test_takeover_storm_over_nodes_ends_with_exactly_one_connection(nodes: Nodes
     b = nodes.start("b", 2)
     c = nodes.start("c")
     cid = "storm"
-    first = persistent(a.port, cid, 5)
-    first.connect()
-    first.subscribe("storm/t", qos=1)
-    first.disconnect()
+    leave_offline(a.port, cid, 5, "storm/t", 1)
     ports = [a.port, b.port, c.port]
     conns = storm(ports, cid, 20, timeout=60)
     survivor = survivor_of(conns)
@@ -155,10 +157,7 @@ def test_a_dead_nodes_session_resumes_on_another_node(
     the session from the store)."""
     a = nodes.start("a")
     b = nodes.start("b")
-    first = persistent(a.port, "orphan", version)
-    first.connect()
-    first.subscribe("orph/#", qos=1)
-    first.disconnect()
+    leave_offline(a.port, "orphan", version, "orph/#", 1)
     pub = nodes.client(b, version=version)
     assert pub.publish("orph/1", b"kept", qos=1).value == 0
     r = redis_server.client()
@@ -182,10 +181,7 @@ def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
     gets all 21 messages, once, in order."""
     a = nodes.start("a")
     b = nodes.start("b")
-    first = persistent(a.port, "stalled", version)
-    first.connect()
-    first.subscribe("st/#", qos=1)
-    first.disconnect()
+    leave_offline(a.port, "stalled", version, "st/#", 1)
     pub = nodes.client(b, version=version)
     r = redis_server.client()
     assert pub.publish("st/x", b"0", qos=1).value == 0
@@ -220,10 +216,7 @@ def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
     client that reconnects through a."""
     a = nodes.start("a")
     b = nodes.start("b")
-    first = persistent(a.port, "fenced", 5)
-    first.connect()
-    first.subscribe("fen/#", qos=1)
-    first.disconnect()
+    leave_offline(a.port, "fenced", 5, "fen/#", 1)
     a.stop(9)
     again = persistent(b.port, "fenced", 5)
     assert again.connect()[0].session_present is True
