@@ -10,6 +10,10 @@ cross-node   publishers on a, subscribers on b (``--sub-port``): every message
              goes a -> Redis stream -> b, and each PUBACK waits for its XADD
 no-cluster   one ``--store redis`` broker without ``--cluster``: the baseline
 
+With ``--redis-cluster`` the nodes share a Redis Cluster of three primaries
+(all pinned to ``--redis-cpus``) instead of one redis-server, through a
+``redis+cluster://`` URL; the Redis CPU reported is the three's sum.
+
 Subscribers are not persistent (clean sessions): the store writes nothing per
 message, so what is measured is the routing. Each run also reports
 redis-server's CPU (cores, averaged over the whole load run, connecting and
@@ -22,13 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-from bench.brokers import Shardmq
+from bench.brokers import Shardmq, free_port
 from bench.persist import ROOT, RedisServer
 
 KINDS = ("no-cluster", "same-node", "cross-node")
@@ -54,15 +60,75 @@ def load(
     return result
 
 
-def node(redis: RedisServer, node_id: str | None, cpus: list[int]) -> Shardmq:
+class RedisCluster:
+    """Three redis-server primaries joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, cpus: list[int]) -> None:
+        flags = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        self.nodes = [RedisServer(cpus, _cluster_port(), flags) for _ in range(3)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> RedisCluster:
+        for n in self.nodes:
+            n.start()
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for n in self.nodes:
+            while True:
+                out = subprocess.run(
+                    [cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                if "cluster_state:ok" in out:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not form")
+                time.sleep(0.1)
+        return self
+
+    def cpu_seconds(self) -> float:
+        return sum(n.cpu_seconds() for n in self.nodes)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free as well."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def node(redis: RedisServer | RedisCluster, node_id: str | None, cpus: list[int]) -> Shardmq:
     extra = ["--store", "redis", "--redis-url", redis.url, "--max-queued-messages", "100000"]
     if node_id is not None:
         extra += ["--cluster", "--node-id", node_id]
-    return Shardmq(cpus=cpus, extra=tuple(extra)).start()
+    broker = Shardmq(cpus=cpus, extra=tuple(extra))
+    broker.start()
+    return broker
 
 
 def run(kind: str, qos: int, args: argparse.Namespace) -> dict[str, Any]:
-    redis = RedisServer([int(c) for c in args.redis_cpus.split(",")]).start()
+    cpus = [int(c) for c in args.redis_cpus.split(",")]
+    redis = (RedisCluster(cpus) if args.redis_cluster else RedisServer(cpus)).start()
     brokers: list[Shardmq] = []
     try:
         if kind == "no-cluster":
@@ -95,6 +161,9 @@ def main() -> None:
     parser.add_argument("--gen-cpus", default="", help="pin the generator, e.g. 1")
     parser.add_argument("--redis-cpus", default="1", help="pin redis-server, e.g. 1")
     parser.add_argument("--qos", default="1", help="comma-separated, e.g. 0,1")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="a 3-primary Redis Cluster, not one server"
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     kinds = [(q, k) for q in map(int, args.qos.split(",")) for k in KINDS]

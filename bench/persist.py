@@ -45,9 +45,11 @@ ROOT = BENCH.parent
 
 
 class RedisServer:
-    def __init__(self, cpus: list[int]) -> None:
-        self.port = free_port()
+    def __init__(self, cpus: list[int], port: int = 0, extra: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
         self.cpus = cpus
+        #: more redis-server flags (a Redis Cluster node's)
+        self.extra = extra
         self.dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -60,7 +62,7 @@ class RedisServer:
         cpus = set(self.cpus)
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
