@@ -422,7 +422,25 @@ def machine_info() -> dict[str, str]:
         "uvloop": uvloop.__version__,
         "mosquitto": mosquitto_version(),
         "shardmq": shardmq_version(),
+        "commit": _commit(),
     }
+
+
+def _commit() -> str:
+    """The checkout's commit (with "+changes" when its tree differs), or "unknown"."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "shardmq"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head + ("+changes" if dirty else "")) or "unknown"
 
 
 def medians(

@@ -172,7 +172,8 @@ def render(per_core: dict[str, Any], machine: dict[str, Any] | None, reproduce: 
         "",
         f"Machine: {m['cpu']}, {m['cores']} logical cores, {m['ram']}; kernel {m['kernel']};",
         f"Python {m['python']}, uvloop {m['uvloop']}, Mosquitto {m['mosquitto']}, "
-        f"shardmq {m['shardmq']}. Per-core run {per_core['started']} to {per_core['finished']}.",
+        f"shardmq {m['shardmq']} at commit {m.get('commit', 'unknown')}. "
+        f"Per-core run {per_core['started']} to {per_core['finished']}.",
         "Each figure is the median of the repetitions in the detailed reports:",
         "[per core](per-core/RESULTS.md) (broker pinned to CPU 0, generator to CPU 1) and",
         "[whole machine](machine/RESULTS.md) (broker and generator share both CPUs).",
