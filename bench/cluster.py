@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-from bench.brokers import Shardmq, free_port
+from bench.brokers import Shardmq, free_cluster_port
 from bench.persist import ROOT, RedisServer
 
 KINDS = ("no-cluster", "same-node", "cross-node")
@@ -65,7 +64,7 @@ class RedisCluster:
 
     def __init__(self, cpus: list[int]) -> None:
         flags = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-        self.nodes = [RedisServer(cpus, _cluster_port(), flags) for _ in range(3)]
+        self.nodes = [RedisServer(cpus, free_cluster_port(), flags) for _ in range(3)]
 
     @property
     def url(self) -> str:
@@ -101,20 +100,6 @@ class RedisCluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free as well."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
 
 
 def node(redis: RedisServer | RedisCluster, node_id: str | None, cpus: list[int]) -> Shardmq:

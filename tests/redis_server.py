@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from bench.brokers import free_cluster_port
+
 
 def redis_server_path() -> str | None:
     return shutil.which("redis-server") or (
@@ -76,20 +78,6 @@ class RedisServer:
             self.proc = None
 
 
-def _free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = _free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
 class RedisClusterServer:
     """A real Redis Cluster of three primaries (no replicas) on free loopback
     ports: ``redis-server --cluster-enabled yes`` three times, then
@@ -98,7 +86,7 @@ class RedisClusterServer:
 
     def __init__(self, directory: Path, primaries: int = 3) -> None:
         self.directory = directory
-        self.ports = [_free_cluster_port() for _ in range(primaries)]
+        self.ports = [free_cluster_port() for _ in range(primaries)]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.created = False
 
