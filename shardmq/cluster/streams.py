@@ -46,10 +46,12 @@ connections: a message reaches a node once in Redis and is read N times, but no
 worker waits on another, a worker restarting loses nothing for the others,
 and there is no extra hop through the Unix-socket links.
 
-Resuming. After each read a process records the id of the last entry it
-applied in ``P:read:<node id>`` (field: its worker number), in the store's
-batch that also holds what applying the entries stored (queued messages,
-messages in flight), so the two are written together (on a Redis Cluster,
+Resuming. A process records the id of the last entry it applied in
+``P:read:<node id>`` (field: its worker number) in the next store batch,
+which also holds what applying the entries stored (queued messages,
+messages in flight), so the two are written together; it never sends a
+batch of its own for it: while no batch goes, the stored sessions did not
+change (on a Redis Cluster,
 where they live in different slots, the record goes after the rest: a
 process killed in between delivers an entry twice, never loses one). A process that starts
 (a worker the supervisor restarted, a node started again) reads its stream on
@@ -229,6 +231,10 @@ class NodeLink:
         self._joined = False
         #: the last entry ``catch_up`` applied (None: it did not run)
         self._caught_up: bytes | None = None
+        #: the last entry of this node's stream applied, and the last one
+        #: recorded in ``P:read:<node>``
+        self._applied = b""
+        self._marked = b""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shard: FabricShard
         self.store: RedisStore
@@ -311,8 +317,9 @@ class NodeLink:
                 for entry_id, fields in entries:
                     last = _raw(entry_id)
                     self._apply(fields, last, replay=True)
-                # with what applying them stored, as ``_read`` records it
-                store.append("HSET", self.read_key, str(self.worker), last, last=True)
+            # with what applying them stored, as ``_close_batch`` records it
+            self._applied = self._marked = last
+            store.append("HSET", self.read_key, str(self.worker), last, last=True)
             self._caught_up = last
         except UNREACHABLE as exc:
             log.warning("node %s: stream not read on yet: %s", self.node_id, exc)
@@ -352,9 +359,11 @@ class NodeLink:
                 raise refused(self.node_id, self.membership.key)
             end = await self._stream_end()
             if self._caught_up is not None:
-                start = self._caught_up
+                # what came after catch_up's last entry came once this process
+                # had claimed its heartbeat: current, every frame applies
+                start = replayed = self._caught_up
             else:
-                start = await self._resume_point(end)
+                start, replayed = await self._resume_point(end), end
         except UNREACHABLE as exc:
             raise ConfigError(
                 "redis_url", f"cannot join the cluster at {mask_url(self.url)}: {exc}"
@@ -377,7 +386,7 @@ class NodeLink:
         self._joined = True
         self.owners.check_restored()
         loop = self.loop
-        self._tasks.append(loop.create_task(self._read(start, end)))
+        self._tasks.append(loop.create_task(self._read(start, replayed)))
         self._tasks.append(loop.create_task(self._beat()))
         self._tasks.append(loop.create_task(self._reloader()))
         assert self._stale_wake is not None
@@ -523,6 +532,13 @@ class NodeLink:
         """The store closes its batch: this iteration's entries join it."""
         self._scheduled = False
         store = self.store
+        if self._applied != self._marked:
+            # the read mark rides with a batch that is written anyway (one
+            # holding what applying the entries stored, if they stored
+            # anything): while no batch goes, the stored sessions did not
+            # change, so entries read again after a restart do what they did
+            self._marked = self._applied
+            store.append("HSET", self.read_key, str(self.worker), self._applied, last=True)
         if self._dirty:
             self._write_interest()
         out = self._out
@@ -1014,7 +1030,6 @@ class NodeLink:
         reader = self._reader
         assert reader is not None
         key = self.stream_key(self.node_id)
-        field = str(self.worker)
         replay_to = _entry_id(replayed)
         delay = BACKOFF_MIN
         lost_at: float | None = None
@@ -1053,7 +1068,7 @@ class NodeLink:
                 for entry_id, fields in entries:
                     last = _raw(entry_id)
                     self._apply(fields, last, replay_to >= _entry_id(last))
-            self.store.append("HSET", self.read_key, field, last, last=True)
+            self._applied = last  # recorded by the next batch (_close_batch)
             if self._replayed and _entry_id(last) >= self._replayed_until:
                 self._replayed.clear()
                 self._adopted.clear()
