@@ -56,7 +56,7 @@ class FabricShard(Protocol):
     #: the last message number received from each origin shard
     seen: dict[int, int]
     #: sessions that left for another shard: (new owner, subscriptions, until)
-    moved: dict[str, tuple[int, list[Subscription], float]]
+    moved: dict[str, tuple[int | tuple[str, int], list[Subscription], float]]
     retained: RetainedStore[Message]
     #: client id -> its session on this shard
     sessions: dict[str, Session]
@@ -70,7 +70,7 @@ class FabricShard(Protocol):
 
     def route_to(self, msg: Message, keep: Callable[[str], bool]) -> int: ...
 
-    def forward_moved(self, msg: Message) -> None: ...
+    def forward_moved(self, msg: Message, remote_only: bool = False) -> None: ...
 
     def deliver_direct(
         self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None
@@ -79,7 +79,7 @@ class FabricShard(Protocol):
     def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> None: ...
 
     def surrender(
-        self, client_id: str, clean_start: bool, new_owner: int | None = None
+        self, client_id: str, clean_start: bool, new_owner: int | tuple[str, int] | None = None
     ) -> SessionState | None: ...
 
     def pack_message(self, msg: Message, now: float) -> list[Any]: ...
@@ -131,14 +131,15 @@ class Fabric:
 
     def deliver_to(
         self,
-        shard_id: int,
+        shard_id: Any,
         client_id: str,
         message: Message,
         qos: int,
         retain: bool,
         ids: list[int] | None,
     ) -> None:
-        """Hand one delivery to the session ``client_id`` now owned by ``shard_id``."""
+        """Hand one delivery to the session ``client_id`` now owned by
+        ``shard_id`` (in a cluster, (node, worker) for another node's process)."""
 
     #: the shards the last :meth:`forward` sent to
     last_dests: AbstractSet[int] = frozenset()

@@ -384,6 +384,8 @@ class LocalFabric(Fabric):
         # the message names every shard that routes it (MoveDedupe)
         message.dests = (*shards, self.shard_id)
         frame = [m.PUBLISH, self.shard.pack_message(message, time.time())]
+        if message.nid is not None:  # a cluster node sent it to other nodes too
+            frame.append(message.nid)
         n = 0
         sync = self.store_sync and message.qos
         for peer in shards:
@@ -411,7 +413,10 @@ class LocalFabric(Fabric):
         ids: list[int] | None,
     ) -> None:
         packed = self.shard.pack_message(message, time.time())
-        sent = self._send(shard_id, "data", [m.DELIVER, client_id, packed, qos, retain, ids])
+        frame = [m.DELIVER, client_id, packed, qos, retain, ids]
+        if message.nid is not None:
+            frame.append(message.nid)
+        sent = self._send(shard_id, "data", frame)
         if sent and self.store_sync and qos:
             self._need_sync(shard_id)
 
@@ -782,12 +787,16 @@ class LocalFabric(Fabric):
         shard = self.shard
         if kind == m.PUBLISH:
             msg = self.shard.unpack_message(frame[1], time.time())
+            if len(frame) > 2:
+                msg.nid = tuple(frame[2])
             shard.seen[msg.src] = msg.seq
             shard.route_local(msg)
             if shard.moved:
                 shard.forward_moved(msg)
         elif kind == m.DELIVER:
             msg = self.shard.unpack_message(frame[2], time.time())
+            if len(frame) > 6:
+                msg.nid = tuple(frame[6])
             shard.deliver_direct(frame[1], msg, frame[3], frame[4], frame[5])
         elif kind == m.PUBLISH_SHARED:
             shard.deliver_shared(

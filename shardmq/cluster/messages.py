@@ -20,7 +20,7 @@ INTEREST_FULL = 1  # [.., [[full_filter, count], ...]]
 SUB_ADD = 2  # [.., full_filter]
 SUB_DEL = 3  # [.., full_filter]
 # routing
-PUBLISH = 4  # [.., message]  deliver to local non-shared subscribers
+PUBLISH = 4  # [.., message, (nid)]  deliver to local non-shared subscribers
 PUBLISH_SHARED = 5  # [.., message, group, filter]  deliver to one local member
 # retained replication
 RETAIN = 6  # [.., topic, message | None, stamp]
@@ -37,7 +37,7 @@ RELEASE = 14  # [.., client_id, epoch]                 to the home shard
 OWNED = 15  # [.., [[client_id, epoch], ...]]          re-teach a restarted home
 STATS = 16  # [.., shard_id, {name: value}]
 # a message for one session that moved away from the sending shard
-DELIVER = 17  # [.., client_id, message, qos, retain, subscription ids]
+DELIVER = 17  # [.., client_id, message, qos, retain, subscription ids, (nid)]
 # the claimant of a client id reports to the home shard that its claim is settled
 DONE = 18  # [.., client_id, epoch]
 # durable store: after the QoS 1/2 messages of one loop iteration, on the data
@@ -62,7 +62,7 @@ REPLY = frozenset({CLAIMED, SESSION, PONG, FIGURES, ADMIN})
 # a receiver drops an entry written twice (a batch resent after its reply was
 # lost) by its number.
 NODE_FORMAT = 1
-N_PUBLISH = 1  # [.., message]                 deliver to local plain subscribers
+N_PUBLISH = 1  # [.., message, number]         deliver to local plain subscribers
 N_RETAIN = 2  # [.., topic, message | None, stamp]
 N_RETAINED_FULL = 3  # [.., [[topic, message, stamp], ...]]
 N_SUB_ADD = 4  # [.., version, full filter]     the sender holds it now
@@ -78,6 +78,9 @@ N_SHARE_PUBLISH = 13  # [.., worker, message, group, filter]  for one member of 
 # the admin API: every process of the asked node answers for its own clients
 N_ADMIN_ASK = 14  # [.., token, op, {arg: value}]
 N_ADMIN = 15  # [.., worker it answers, token, result]
+# for a session that moved to the worker named, sent on by its old owner
+# for MOVED_GRACE (``Shard.forward_moved``); nid as in ``Message.nid``
+N_DELIVER = 16  # [.., worker, client id, message, qos, retain, subscription ids, nid | None]
 
 #: what a forwarded message keeps: topic alias and subscription identifiers
 #: are per connection, message expiry travels as time left

@@ -94,7 +94,10 @@ class NodeFabric(Fabric):
         await super().stop()
 
     def forward(self, message: Message) -> int:
-        return super().forward(message) + self.link.forward(message)
+        # the link first: it numbers a message it sends (``nid``), and the
+        # host's shards get the number with the message
+        nodes = self.link.forward(message)
+        return super().forward(message) + nodes
 
     def shared_for(self, topic: str) -> dict[tuple[str, str], dict[Any, int]]:
         host = super().shared_for(topic)
@@ -113,6 +116,20 @@ class NodeFabric(Fabric):
             self.link.forward_shared(holder, message, group, topic_filter)
         else:
             super().forward_shared(holder, message, group, topic_filter)
+
+    def deliver_to(
+        self,
+        shard_id: Any,
+        client_id: str,
+        message: Message,
+        qos: int,
+        retain: bool,
+        ids: list[int] | None,
+    ) -> None:
+        if isinstance(shard_id, tuple):  # (node, worker): taken over through Redis
+            self.link.deliver_to(shard_id, client_id, message, qos, retain, ids)
+        else:
+            super().deliver_to(shard_id, client_id, message, qos, retain, ids)
 
     def subscription_added(self, full_filter: str) -> None:
         super().subscription_added(full_filter)

@@ -31,6 +31,16 @@ The claimant of epoch ``e`` then takes the session from the owner of epoch
   the claimant reads the session from the store all the same. A dead node's
   persistent sessions so resume on whichever node the client reconnects to.
 
+Messages on their way. Other nodes route to the previous owner until they
+read that the claimant holds the session's filters. So the owner that lets a
+session go keeps its filters announced for ``Shard.MOVED_GRACE`` seconds and
+sends on (``N_DELIVER``, ``Shard.forward_moved``) what still reaches it for
+the session; the claimant installs the session with a ``MoveDedupe`` that
+drops the second copy of a message it got both ways (by ``Message.nid``),
+and does not deliver what was routed to it while it claimed the session:
+the previous owner read those from its own ordered stream before or after
+its answer, so delivered them itself or sends them on.
+
 A TAKE that arrives while the claim it names is still running marks the id
 fenced (``Fabric.fence``): that claim, once settled, parks the session instead
 of accepting its connection (the connection is told 0x8E), and the session
@@ -232,6 +242,7 @@ class Owners:
                 await waiter
             return None  # here: the connection takes it over as on one broker
         node, _, worker = prev.rpartition("/")
+        handed = False
         if node == link.node_id or node in link.live:
             fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self.answers[(client_id, epoch)] = fut
@@ -240,7 +251,7 @@ class Owners:
                 # a live process answers in a few round trips; one silent for
                 # node_timeout is dead to the other nodes too
                 async with asyncio.timeout(link.node_timeout):
-                    await fut
+                    handed = await fut
             except TimeoutError:
                 log.warning(
                     "node %s: %s did not hand over %r within %.1f s: read from the store",
@@ -254,10 +265,15 @@ class Owners:
         if clean_start:
             return None
         try:
-            return await link.store.load_session(client_id)
+            state = await link.store.load_session(client_id)
         except StoreUnavailable as exc:
             log.warning("node %s: session %r not read: %s", link.node_id, client_id, exc)
             return None
+        if handed and state is not None:
+            # handed over by a live owner, which forwards what still reaches
+            # it: installed with MoveDedupe, no marks (``Shard.install_session``)
+            state["handled"] = {}
+        return state
 
     def settled(self, client_id: str, epoch: int) -> bool:
         """The claim under ``epoch`` is settled (its session installed here, or
@@ -306,7 +322,9 @@ class Owners:
             session = shard.sessions.get(client_id)
             keep = session is not None and not clean_start and session.expiry_interval != 0
             if session is not None:
-                shard.surrender(client_id, clean_start)
+                # what still reaches this process for the session goes on to
+                # the claimant for MOVED_GRACE (``Shard.forward_moved``)
+                shard.surrender(client_id, clean_start, (node, worker))
             if keep:
                 self.link.store.session_released(client_id)
         self.link.send_taken(node, [worker, client_id, epoch, found])

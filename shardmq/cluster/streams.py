@@ -133,8 +133,8 @@ log = logging.getLogger("shardmq.nodes")
 #: loop iteration
 STREAM_MAXLEN = 100_000
 #: the frames of an entry from before a process joined that still apply (its
-#: messages and retained changes; the rest is stale: ``NodeLink._read``)
-REPLAYED = frozenset({m.N_PUBLISH, m.N_SHARE_PUBLISH, m.N_RETAIN, m.N_RETAINED_FULL})
+#: messages, deliveries and retained changes; the rest is stale: ``NodeLink._read``)
+REPLAYED = frozenset({m.N_PUBLISH, m.N_SHARE_PUBLISH, m.N_DELIVER, m.N_RETAIN, m.N_RETAINED_FULL})
 #: entries per XREAD, and how long one blocks (ms)
 READ_COUNT = 256
 BLOCK_MS = 2000
@@ -574,6 +574,7 @@ class NodeLink:
         # one number per message, whatever its destinations: a survivor that
         # replays a dead node's stream knows a copy it also got itself
         self._mid += 1
+        message.nid = (self.node_id, self.worker, self.epoch, self._mid)
         frame = _packb([m.N_PUBLISH, self.shard.pack_message(message, time.time()), self._mid])
         for node in nodes:
             self._send(node, frame)
@@ -588,6 +589,22 @@ class NodeLink:
         packed = self.shard.pack_message(message, time.time())
         self._send(proc[0], _packb([m.N_SHARE_PUBLISH, proc[1], packed, group, topic_filter]))
         if message.qos:
+            self._mark_durable()
+
+    def deliver_to(
+        self,
+        proc: Process,
+        client_id: str,
+        message: Message,
+        qos: int,
+        retain: bool,
+        ids: list[int] | None,
+    ) -> None:
+        """One delivery for ``client_id``, taken over by ``proc`` (``N_DELIVER``)."""
+        packed = self.shard.pack_message(message, time.time())
+        frame = [m.N_DELIVER, proc[1], client_id, packed, qos, retain, ids, message.nid]
+        self._send(proc[0], _packb(frame))
+        if qos:
             self._mark_durable()
 
     def stored(self) -> asyncio.Future[None] | None:
@@ -1125,16 +1142,25 @@ class NodeLink:
                 msg.src = -1  # numbered by another node's shards: not ours to dedupe
                 msg.seq = 0
                 msg.dests = ()
-                if (
-                    self._replayed
-                    and len(frame) > 2
-                    and (node, worker, epoch, frame[2]) in self._replayed
-                ):
+                if len(frame) > 2:
+                    msg.nid = (node, worker, epoch, frame[2])
+                if self._replayed and msg.nid in self._replayed:
                     # sent to a dead node too, and replayed to the sessions
                     # adopted from it: the others get it
                     shard.route_to(msg, self._not_adopted)
                 else:
                     shard.route_local(msg)
+                if shard.moved:
+                    shard.forward_moved(msg, remote_only=True)
+            elif kind == m.N_DELIVER:
+                if frame[1] == self.worker:
+                    msg = shard.unpack_message(frame[3], now)
+                    msg.src = -1
+                    msg.seq = 0
+                    msg.dests = ()
+                    if frame[7] is not None:
+                        msg.nid = tuple(frame[7])
+                    shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
             elif kind == m.N_SUB_ADD or kind == m.N_SUB_DEL:
                 held = kind == m.N_SUB_ADD
                 if not self.interest.apply(proc, epoch, frame[1], frame[2], held):
@@ -1242,6 +1268,15 @@ class NodeLink:
                 continue
             _fmt, node, worker, _workers, epoch, _number = head
             for frame in unpacker:
+                if frame[0] == m.N_DELIVER:
+                    # for a session that had moved to the dead node
+                    if frame[2] in cids:
+                        msg = shard.unpack_message(frame[3], now)
+                        msg.src = -1
+                        msg.dests = ()
+                        shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
+                        count += 1
+                    continue
                 if frame[0] != m.N_PUBLISH:
                     continue
                 msg = shard.unpack_message(frame[1], now)

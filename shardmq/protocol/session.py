@@ -21,6 +21,7 @@ released (exactly-once on the inbound side: a PUBLISH whose id is still in
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from typing import Protocol
 
 from ..protocol.fanout import PublishTemplate
@@ -42,6 +43,7 @@ class Message:
         "src",
         "seq",
         "dests",
+        "nid",
     )
 
     def __init__(
@@ -71,6 +73,10 @@ class Message:
         self.src = -1
         self.seq = 0
         self.dests: tuple[int, ...] = ()
+        #: cluster: (node, worker, epoch, number) of the process that sent it
+        #: to other nodes, the same on every copy (a session moving between
+        #: nodes gets it once: MoveDedupe); None while it stayed on its node
+        self.nid: tuple[str, int, int, int] | None = None
 
     def encoder(self) -> PublishTemplate:
         """The message's fan-out encoder (topic, properties and payload encoded once)."""
@@ -335,26 +341,42 @@ class MoveDedupe:
     number, or when its id is among those delivered since the move. Both
     tables live only for the move's window, so steady-state delivery pays one
     attribute test.
+
+    Between nodes (``cluster/owners.py``) there are no marks: the previous
+    owner keeps its interest and forwards, for ``MOVED_GRACE``, what reaches
+    it for the session, and the new owner installs the session with empty
+    ``handled`` and drops what it routed to itself while claiming it (the
+    old owner delivered those, or forwards them: each node reads one ordered
+    stream, which also carries the old owner's answer). A message sent to
+    other nodes carries ``nid``, its number in the cluster, on every copy:
+    the second copy to arrive is the duplicate.
     """
 
     __slots__ = ("handled", "ids", "until")
 
-    def __init__(self, handled: dict[int, dict[int, int]], ids: set[int], until: float) -> None:
+    def __init__(
+        self, handled: dict[int, dict[int, int]], ids: set[Hashable], until: float
+    ) -> None:
         self.handled = handled
         self.ids = ids
         self.until = until
 
     def duplicate(self, msg: Message) -> bool:
         src = msg.src
-        if src < 0:
-            return False
-        seq = msg.seq
-        handled = self.handled
-        for shard in msg.dests:
-            marks = handled.get(shard)
-            if marks is not None and marks.get(src, -1) >= seq:
-                return True
-        key = (src << 48) | seq
+        if src >= 0:
+            seq = msg.seq
+            handled = self.handled
+            for shard in msg.dests:
+                marks = handled.get(shard)
+                if marks is not None and marks.get(src, -1) >= seq:
+                    return True
+        # a message that went to other nodes is known by its node-wide number
+        # on every copy (routed here, forwarded by the old owner)
+        key: Hashable = msg.nid
+        if key is None:
+            if src < 0:
+                return False
+            key = (src << 48) | msg.seq
         ids = self.ids
         if key in ids:
             return True

@@ -149,7 +149,7 @@ class Shard:
         self._connacks: dict[int, bytes] = {}
         #: client id -> (new owner shard, plain subscriptions, deadline) for
         #: sessions handed to another shard in the last MOVED_GRACE seconds
-        self.moved: dict[str, tuple[int, list[Any], float]] = {}
+        self.moved: dict[str, tuple[int | tuple[str, int], list[Any], float]] = {}
         #: client ids being claimed (with how many claims of each are under
         #: way here), and deliveries for them that arrived before their session did
         self.acquiring: dict[str, int] = {}
@@ -682,10 +682,12 @@ class Shard:
                 self.seq += 1
                 msg.src = self.shard_id
                 msg.seq = self.seq
-            matched = self.route_local(msg)
+            # forwarded first: a message sent to other nodes is numbered
+            # there (``nid``) before any local delivery sees it
+            matched = fabric.forward(msg)
+            matched += self.route_local(msg)
             if self.shared or fabric.remote_shared:
                 matched += self._route_shared_everywhere(msg)
-            matched += fabric.forward(msg)
             if self.moved:
                 self.forward_moved(msg)
             return matched
@@ -825,12 +827,15 @@ class Shard:
     #: messages that were already on their way here (see forward_moved)
     MOVED_GRACE = 5.0
 
-    def forward_moved(self, msg: Message) -> None:
+    def forward_moved(self, msg: Message, remote_only: bool = False) -> None:
         """A message routed here after a session moved to another shard: other
         shards sent it before they learned of the move. Forward it to the new
         owner, which delivers it once (MoveDedupe) whether or not it was also
-        sent there directly."""
+        sent there directly. ``remote_only``: read from this node's stream,
+        which this node's shards read too: only to owners on other nodes."""
         for cid, (owner, subs, _deadline) in self.moved.items():
+            if remote_only and not isinstance(owner, tuple):
+                continue
             qos, retain, ids = _best_match(subs, msg, cid)
             if qos >= 0:
                 self.fabric.deliver_to(owner, cid, msg, qos, retain, ids)
@@ -872,6 +877,10 @@ class Shard:
         if early:
             for msg, qos, retain, ids in early:
                 self.deliver(session, msg, qos, retain, ids)
+        if not session.dedupe.handled:
+            # from another node: what was routed here meanwhile, its old owner
+            # delivered or forwards (``MoveDedupe``)
+            return
         subs = [sub for sub in session.subscriptions.values() if sub.group is None]
         for msg in held:
             qos, retain, ids = _best_match(subs, msg, client_id)
@@ -906,10 +915,12 @@ class Shard:
             self.fabric.deliver_to(moved[0], client_id, msg, qos, retain, ids)
 
     def surrender(
-        self, client_id: str, clean_start: bool, new_owner: int | None = None
+        self, client_id: str, clean_start: bool, new_owner: int | tuple[str, int] | None = None
     ) -> dict[str, Any] | None:
         """Another shard took ``client_id`` over: close our connection (0x8E),
-        settle the will, and return the session's state (None for a clean start)."""
+        settle the will, and return the session's state (None for a clean start).
+        ``new_owner``: its shard, or (node, worker) in a cluster; what reaches
+        this shard for the session for ``MOVED_GRACE`` goes on there."""
         session = self.sessions.get(client_id)
         if session is None:
             return None
@@ -948,7 +959,8 @@ class Shard:
         if handled is not None:
             session.dedupe = MoveDedupe(
                 {int(shard): dict(marks) for shard, marks in handled.items()},
-                set(state.get("ids", ())),
+                # msgpack made the node-wide numbers lists
+                {tuple(i) if isinstance(i, list) else i for i in state.get("ids", ())},
                 self.loop.time() + 2 * self.MOVED_GRACE,
             )
         return session

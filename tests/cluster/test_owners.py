@@ -71,6 +71,60 @@ def test_takeover_on_another_node_disconnects_the_old_connection(
     assert old.messages.empty()
 
 
+def test_what_still_reaches_the_old_owner_follows_the_session_to_its_new_node(
+    nodes: Nodes,
+) -> None:
+    """A publisher on node c keeps 20 QoS 1 messages in flight while the
+    subscriber's session moves from node a (two workers) to node b: c routes
+    to a until it reads that b holds the session, a forwards what still
+    reaches it, and b drops the copies it also got directly. Every message
+    acknowledged with success reaches the subscriber (old connection, then
+    new), and none is delivered twice except as a resend (DUP) of one that
+    was in flight. A subscriber already on b makes c send b the messages
+    too, while b claims the session: a delivered those."""
+    a = nodes.start("a", 2)
+    b = nodes.start("b")
+    c = nodes.start("c")
+    bystander = nodes.client(b)
+    bystander.subscribe("fw/#", qos=1)
+    old = persistent(a.port, "follower", 5)
+    nodes.clients.append(old)
+    old.connect()
+    old.subscribe("fw/#", qos=1)
+    pub = nodes.client(c)
+    assert pub.publish("fw/warm", b"warm", qos=1).value == 0
+    assert old.get().payload == b"warm"  # c routes to a
+    count = 600
+    mids = [pub.publish("fw/t", str(i).encode(), qos=1, wait=False).mid for i in range(300)]
+    new = persistent(b.port, "follower", 5)
+    nodes.clients.append(new)
+    flags, _, _ = new.connect()
+    assert flags.session_present is True
+    old.disconnects.get(timeout=WAIT)
+    old.paho.loop_stop()  # no reconnect: the session stays on b
+    mids += [pub.publish("fw/t", str(i).encode(), qos=1, wait=False).mid for i in range(300, count)]
+    acks: dict[int, int] = {}
+    while len(acks) < count:
+        mid, rc, _props = pub.acks.get(timeout=WAIT)
+        acks[mid] = rc.value
+    assert sorted(acks) == sorted(mids)
+    assert set(acks.values()) == {0}, "a publish found no subscriber during the move"
+    expected = {str(i).encode() for i in range(count)}
+    got: list[Any] = []
+
+    def all_came() -> bool:
+        got.extend(old.drain(0))
+        got.extend(new.drain(0.1))
+        return {m.payload for m in got} >= expected
+
+    wait_for(all_came)
+    fresh: dict[bytes, int] = {}
+    for msg in got:
+        if not msg.dup:
+            fresh[msg.payload] = fresh.get(msg.payload, 0) + 1
+    assert [p for p, n in fresh.items() if n > 1] == []
+
+
 @both_kinds
 def test_queued_messages_follow_the_session_to_another_node(nodes: Nodes, version: int) -> None:
     """Offline on node a with QoS 1 and 2 messages queued; reconnecting on node
