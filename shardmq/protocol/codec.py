@@ -533,7 +533,8 @@ class Decoder:
         self.max_packet_size = max_packet_size
         self.server = server
         self.version = version
-        self._buf = bytearray()
+        #: bytes of a packet not complete yet (an idle connection holds none)
+        self._buf: bytearray | bytes = b""
         #: bytes the pending packet needs (0 when its fixed header is incomplete)
         self._need = 0
         #: True once packets other than CONNECT may be decoded
@@ -549,6 +550,7 @@ class Decoder:
         out: list[Packet] = []
         buf = self._buf
         if buf:
+            assert isinstance(buf, bytearray)
             need = self._need
             if need:
                 # A packet whose size is known is pending: collect its body.
@@ -562,18 +564,21 @@ class Decoder:
                     pos = self._walk(view, out)
                 finally:
                     view.release()
-                del buf[:pos]
+                if pos < len(buf):
+                    del buf[:pos]
+                else:
+                    self._buf = b""  # let a large packet's buffer go
                 return out
             # Only part of a fixed header (at most 4 bytes) is buffered: join it
             # to the new data and take the fast path, so an oversized packet is
             # refused before any of its body is buffered.
             data = bytes(buf) + data
-            buf.clear()
+            self._buf = b""
         if not data:
             return out
         pos = self._walk(data, out)
         if pos < len(data):
-            buf += memoryview(data)[pos:]
+            self._buf = bytearray(memoryview(data)[pos:])
         return out
 
     def _walk(self, view: Buffer, out: list[Packet]) -> int:

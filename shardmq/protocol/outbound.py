@@ -95,6 +95,10 @@ def fit(packet: Any, version: int, limit: int) -> bytes | None:
         packet.properties = original
 
 
+#: the topic aliases of an Outbox that gave none yet (shared, never written)
+_NO_ALIASES: dict[str, int] = {}
+
+
 class Outbox:
     __slots__ = (
         "readable",
@@ -119,7 +123,8 @@ class Outbox:
         #: the client's Topic Alias Maximum; 0: no aliases
         self.alias_max = 0
         #: topic -> the alias the client knows it by
-        self.aliases: dict[str, int] = {}
+        #: made at the first alias given (most clients ask for none)
+        self.aliases: dict[str, int] = _NO_ALIASES
         #: in-flight packet ids still to resend after a reconnect (the empty
         #: tuple until there are some: most connections never have any)
         self.unsent: deque[int] | tuple[()] = ()
@@ -264,7 +269,10 @@ class Outbox:
             data = tmpl.encode(MQTT5, qos, retain, dup, pid, ids, 0, True, expiry)
             return None if len(data) > limit else data
         if new_alias:
-            self.aliases[msg.topic] = alias_no
+            aliases = self.aliases
+            if aliases is _NO_ALIASES:
+                aliases = self.aliases = {}
+            aliases[msg.topic] = alias_no
         return data
 
     # -- the receive window --------------------------------------------------------

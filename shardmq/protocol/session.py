@@ -160,6 +160,26 @@ class Subscriber(Protocol):
 NO_IDS: frozenset[int] = frozenset()
 
 
+class _NoneYet(dict):  # type: ignore[type-arg]
+    """The empty dict a session starts with instead of one of its own (most
+    sessions of a crowd of idle clients never subscribe or have a message in
+    flight): shared, so it refuses writes; the first write replaces it
+    (``Session.own_subscriptions``, ``Session.put_inflight``)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("a session's shared empty dict is read-only: replace it first")
+
+    __setitem__ = _refuse
+    setdefault = _refuse
+    update = _refuse
+
+
+NO_SUBSCRIPTIONS: dict[str, Subscription] = _NoneYet()
+NO_FLIGHT: dict[int, Outbound] = _NoneYet()
+
+
 class SessionJournal(Protocol):
     """Told of every change of a session's queue and flight state, in order
     (a store keeps a durable copy from it; see ``storage/base.py``). The
@@ -214,10 +234,12 @@ class Session:
     ) -> None:
         self.client_id = client_id
         #: full filter (``$share/g/f`` included) -> Subscription
-        self.subscriptions: dict[str, Subscription] = {}
+        #: (NO_SUBSCRIPTIONS, shared, until the first: ``own_subscriptions``)
+        self.subscriptions: dict[str, Subscription] = NO_SUBSCRIPTIONS
         self.expiry_interval = 0
         self.connection: Subscriber | None = None
-        self.inflight: dict[int, Outbound] = {}
+        #: packet id -> delivery in flight (NO_FLIGHT, shared, until the first)
+        self.inflight: dict[int, Outbound] = NO_FLIGHT
         #: queued deliveries, oldest first; the empty tuple until the first
         #: one (an empty deque costs 760 bytes, and most sessions never queue)
         self.pending: deque[Delivery] | tuple[()] = ()
@@ -285,8 +307,18 @@ class Session:
             self.journal.unqueued(self)
         return delivery
 
+    def own_subscriptions(self) -> dict[str, Subscription]:
+        """The session's subscriptions, as a dict of its own to write to."""
+        subs = self.subscriptions
+        if subs is NO_SUBSCRIPTIONS:
+            subs = self.subscriptions = {}
+        return subs
+
     def put_inflight(self, packet_id: int, out: Outbound) -> None:
-        self.inflight[packet_id] = out
+        inflight = self.inflight
+        if inflight is NO_FLIGHT:
+            inflight = self.inflight = {}
+        inflight[packet_id] = out
         if self.journal is not None:
             self.journal.sent(self, packet_id, out)
 

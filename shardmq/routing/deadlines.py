@@ -69,3 +69,54 @@ class DeadlineHeap(Generic[K]):
                 del when_of[key]
                 due.append(key)
         return due
+
+
+T = TypeVar("T", bound=Hashable)
+
+
+class TimerWheel(Generic[T]):
+    """Many coarse deadlines (connect timeouts, keep alives) in one set per
+    whole second, instead of an event loop timer per connection (a uvloop
+    timer handle with its libuv timer is about 600 bytes, armed and
+    cancelled at least twice per connection).
+
+    A deadline is filed in the bucket of the next whole second after it, so
+    an item comes due up to a second late and never early. :meth:`add`
+    returns the bucket (a dict used as an ordered set: smaller than a set);
+    the caller keeps it and pops the item from it to cancel (O(1), no
+    lookup). Buckets are keyed by ``int`` seconds of the caller's clock;
+    ``earliest`` is the first bucket's key, for the caller's one timer.
+    Pure: the caller passes ``now``.
+    """
+
+    __slots__ = ("_buckets", "earliest")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, dict[T, None]] = {}
+        #: key of the earliest bucket (None: empty)
+        self.earliest: int | None = None
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._buckets.values())
+
+    def add(self, item: T, when: float) -> dict[T, None]:
+        """File ``item`` as due at ``when``; returns its bucket."""
+        key = int(when) + 1
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            if self.earliest is None or key < self.earliest:
+                self.earliest = key
+        bucket[item] = None
+        return bucket
+
+    def pop_due(self, now: float) -> list[T]:
+        """Remove and return the items of every bucket due at ``now``."""
+        buckets = self._buckets
+        due: list[T] = []
+        if self.earliest is None or self.earliest > now:
+            return due
+        for key in sorted(k for k in buckets if k <= now):
+            due.extend(buckets.pop(key))
+        self.earliest = min(buckets) if buckets else None
+        return due

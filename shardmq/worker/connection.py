@@ -103,6 +103,10 @@ CLOSED = ConnectionState.CLOSED
 
 #: transport buffer size at which a connection counts as congested
 _WRITE_HIGH_WATER = 256 * 1024
+#: a connection's deadlines before connection_made (one shared placeholder)
+_NOT_YET = KeepAlive(0.0, 0.0)
+#: the topic aliases of a connection that cannot set any (shared, never written)
+_NO_ALIASES_IN: dict[int, str] = {}
 
 
 class ListenerLoad:
@@ -130,7 +134,7 @@ class Connection(asyncio.Protocol):
         "username",
         "session",
         "alive",
-        "_timer",
+        "_due",
         "_out",
         "_dirty",
         "_backlog",
@@ -169,9 +173,11 @@ class Connection(asyncio.Protocol):
         self.username: str | None = None
         self.session: Session | None = None
         #: the CONNECT and keep-alive deadlines (armed in connection_made)
-        self.alive = KeepAlive(0.0, 0.0)
-        self._timer: asyncio.TimerHandle | None = None
-        self._out: list[bytes] = []
+        self.alive = _NOT_YET
+        #: the shard's timer-wheel bucket holding this connection (its deadline)
+        self._due: dict[Connection, None] | None = None
+        #: what to write at the end of this loop iteration (() when nothing)
+        self._out: list[bytes] | tuple[()] = ()
         self._dirty = False
         self._backlog: list[Any] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -179,7 +185,9 @@ class Connection(asyncio.Protocol):
         self.handle: ClientHandle | None = None
         #: what we send the client: its limits, topic aliases, resends
         self.outbox = Outbox(self.write, shard.stats)
-        self.aliases_in: dict[int, str] = {}
+        #: the client's topic aliases: a dict of its own once an MQTT 5 CONNECT
+        #: is accepted (check_publish writes it for MQTT 5 only)
+        self.aliases_in: dict[int, str] = _NO_ALIASES_IN
         #: the client's compiled ACL (None: nothing restricts it)
         self.acl: ClientAcl | None = None
         #: publish_rate / publish_byte_rate (None: no limit, no cost per PUBLISH)
@@ -220,7 +228,8 @@ class Connection(asyncio.Protocol):
         high = min(_WRITE_HIGH_WATER, shard.config.max_outgoing_buffer // 4)
         self.transport.set_write_buffer_limits(high=high)
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if peer else None
+        # (host, port), without IPv6's flow info and scope id
+        self.peer = (peer if len(peer) == 2 else (peer[0], peer[1])) if peer else None
         if shard.config.connection_rate and peer and not shard.admit_connection(peer[0]):
             # refused before a byte is read: no CONNACK, no timer, no session
             shard.stats.connections_refused += 1
@@ -242,8 +251,10 @@ class Connection(asyncio.Protocol):
             load.count += 1
         shard.connections.add(self)
         shard.stats.connections_total += 1
-        self.alive = KeepAlive(self.loop.time(), shard.config.connect_timeout)
-        self._timer = self.loop.call_later(shard.config.connect_timeout, self._on_timer)
+        now = self.loop.time()
+        alive = self.alive = KeepAlive(now, shard.config.connect_timeout)
+        assert alive.connect_by is not None
+        self._due = shard.watch(self, alive.connect_by)
 
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
@@ -287,9 +298,9 @@ class Connection(asyncio.Protocol):
             shard.writer_resumed(self)
         prev = self.state
         self.state = CLOSED
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._due is not None:
+            self._due.pop(self, None)
+            self._due = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
         session = self.session
@@ -351,7 +362,11 @@ class Connection(asyncio.Protocol):
     # -- output ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self._out.append(data)
+        out = self._out
+        if out:
+            out.append(data)
+        else:
+            self._out = [data]
         self.shard.unflushed += len(data)
         if not self._dirty:
             self._dirty = True
@@ -363,7 +378,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if not out or transport is None:
             return
-        self._out = []
+        self._out = ()  # an idle connection holds no list
         if transport.is_closing():
             # closed under us (a reset whose connection_lost has not run yet):
             # writing would raise; what was queued is gone with the connection
@@ -468,8 +483,9 @@ class Connection(asyncio.Protocol):
 
     # -- timer -------------------------------------------------------------------
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_deadline(self) -> None:
+        """The shard's timer wheel: the deadline filed in ``_due`` has come."""
+        self._due = None
         if self.state == CLOSED:
             return
         now = self.loop.time()
@@ -483,7 +499,7 @@ class Connection(asyncio.Protocol):
             return
         deadline = self.alive.deadline()
         if deadline is not None:
-            self._timer = self.loop.call_later(deadline - now, self._on_timer)
+            self._due = self.shard.watch(self, deadline)
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -740,6 +756,8 @@ class Connection(asyncio.Protocol):
         shard = self.shard
         cfg = shard.config
         v5 = self.version == MQTT5
+        if v5:
+            self.aliases_in = {}  # 3.1.1 has no topic aliases
         props = packet.properties
         # _handle_connect has already refused a 3.1.1 keep alive over
         # max_keep_alive unless v311_keep_alive is "accept"
@@ -797,11 +815,11 @@ class Connection(asyncio.Protocol):
         # keep alive 0 means no timeout [MQTT-3.1.2-21]; otherwise 1.5 times it
         now = self.loop.time()
         deadline = self.alive.connected(now, terms.keep_alive)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._due is not None:
+            self._due.pop(self, None)
+            self._due = None
         if deadline is not None:
-            self._timer = self.loop.call_later(deadline - now, self._on_timer)
+            self._due = shard.watch(self, deadline)
         self.decoder.max_packet_size = cfg.max_packet_size
         self.write(connack)
         self.state = CONNECTED

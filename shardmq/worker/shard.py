@@ -51,7 +51,7 @@ from ..protocol.session import (
     Subscription,
 )
 from ..protocol.topics import has_wildcard, is_valid_topic_filter, parse_shared, topic_matches
-from ..routing.deadlines import DeadlineHeap
+from ..routing.deadlines import DeadlineHeap, TimerWheel
 from ..routing.retained import RetainedStore
 from ..routing.shared import SharedSubscriptions
 from ..routing.trie import SubscriptionTrie
@@ -205,6 +205,11 @@ class Shard:
         self.deadlines: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
+        #: the connections' CONNECT and keep-alive deadlines (loop time), and
+        #: the one timer on its earliest second
+        self.wheel: TimerWheel[Any] = TimerWheel()
+        self._wheel_handle: asyncio.TimerHandle | None = None
+        self._wheel_at: int | None = None
         self.closing = False
         self._id_counter = 0
 
@@ -489,6 +494,31 @@ class Shard:
             delay = max(0.0, nxt - self.clock())
             self._deadline_handle = self.loop.call_later(delay, self._deadlines_due)
 
+    def watch(self, conn: Any, when: float) -> dict[Any, None]:
+        """Call ``conn.on_deadline()`` at ``when`` (loop time) or up to a
+        second later; returns the bucket to pop ``conn`` from to cancel."""
+        wheel = self.wheel
+        bucket = wheel.add(conn, when)
+        if wheel.earliest != self._wheel_at:
+            self._arm_wheel()
+        return bucket
+
+    def _arm_wheel(self) -> None:
+        if self._wheel_handle is not None:
+            self._wheel_handle.cancel()
+            self._wheel_handle = None
+        at = self._wheel_at = self.wheel.earliest
+        if at is not None:
+            self._wheel_handle = self.loop.call_at(at, self._wheel_due)
+
+    def _wheel_due(self) -> None:
+        self._wheel_handle = None
+        self._wheel_at = None
+        for conn in self.wheel.pop_due(self.loop.time()):
+            conn.on_deadline()
+        if self.wheel.earliest != self._wheel_at:
+            self._arm_wheel()
+
     def set_clock(self, clock: Callable[[], float]) -> None:
         """Read wall-clock time from ``clock`` from now on (a simulation's or a
         test's clock) for session expiry, will delay and message expiry; what
@@ -604,7 +634,7 @@ class Shard:
             identifier,
             group,
         )
-        session.subscriptions[topic_filter] = sub
+        session.own_subscriptions()[topic_filter] = sub
         if group is None:
             self.trie.add(inner, session.client_id, sub)
         else:
@@ -978,7 +1008,7 @@ class Shard:
         for pid, (msg, qos, retain, ids), released in rec.inflight:
             out = Outbound(msg, qos, retain, ids)
             out.released = released
-            session.inflight[pid] = out
+            session.put_inflight(pid, out)
         session.inbound_qos2 = set(rec.inbound_qos2)
         session.next_packet_id = rec.next_packet_id
         session.dropped = rec.dropped
@@ -1179,6 +1209,9 @@ class Shard:
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
             self._deadline_handle = None
+        if self._wheel_handle is not None:
+            self._wheel_handle.cancel()
+            self._wheel_handle = None
 
 
 def _online(cid: str, sub: Subscription) -> bool:

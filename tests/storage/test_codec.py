@@ -23,12 +23,13 @@ def _session() -> Session:
         Properties(will_delay_interval=30, user_properties=[("k", "a"), ("k", "b")]),
     )
     s.will_at = 1_900_000_030.0
-    s.subscriptions["a/+"] = Subscription(s, "a/+", 1, True, False, 2, 7, None)
-    s.subscriptions["$share/g/b"] = Subscription(s, "b", 2, False, True, 0, None, "g")
+    subs = s.own_subscriptions()
+    subs["a/+"] = Subscription(s, "a/+", 1, True, False, 2, 7, None)
+    subs["$share/g/b"] = Subscription(s, "b", 2, False, True, 0, None, "g")
     props = Properties(correlation_data=b"\x01\x02", content_type="x", payload_format_indicator=2)
     m = Message("a/1", bytes(range(256)), 2, False, props, 1_900_000_100.5, "pub")
     s.enqueue((m, 1, False, [7]))
-    s.inflight[5] = Outbound(m, 2, True, None)
+    s.put_inflight(5, Outbound(m, 2, True, None))
     s.inflight[5].released = True
     s.inbound_qos2 = {3, 9}
     s.next_packet_id = 6
