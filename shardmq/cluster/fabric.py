@@ -21,7 +21,7 @@ Consistency the fabric gives the shard (what the tests rely on):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
@@ -70,7 +70,9 @@ class FabricShard(Protocol):
 
     def route_to(self, msg: Message, keep: Callable[[str], bool]) -> int: ...
 
-    def forward_moved(self, msg: Message, remote_only: bool = False) -> None: ...
+    def forward_moved(
+        self, msg: Message, remote_only: bool = False, only: Container[str] | None = None
+    ) -> int: ...
 
     def deliver_direct(
         self, client_id: str, msg: Message, qos: int, retain: bool, ids: list[int] | None

@@ -14,7 +14,10 @@ one), its expiry counts from now, and one that had expired ends. In the same
 step it delivers to them the messages in the dead node's stream that its
 workers had not applied (``P:read:<node>``; ``NodeLink.unread_of`` and
 ``replay_adopted``), so what another node acknowledged for them, the dead
-node's stream holding it, is not lost. From then on
+node's stream holding it, is not lost; and for ``node_timeout`` it delivers
+to them what is still appended there (``follow_dead``: the other nodes send
+to the dead node until their own beat finds it gone), each message once
+(``MoveDedupe``: a message sent there and here carries one number). From then on
 they are sessions of this process: they queue what their subscriptions match,
 and a client reconnecting anywhere takes its session from here
 (``owners.py``). The lock is dropped once done; the compare-and-set, not the
@@ -23,9 +26,11 @@ lock, is what makes each session move once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.session import MoveDedupe
 from ..storage import codec
 from ..storage.base import StoredState
 from ..storage.redis import UNREACHABLE
@@ -103,13 +108,20 @@ async def reap(link: NodeLink, node: str) -> int:
             for rec, epoch in adopted:
                 owners.adopting[rec.client_id] = epoch
             shard.restore(StoredState(sessions=records))
+            installed = {rec.client_id for rec in records}
+            # a message sent both to the dead node and here is delivered once
+            until = asyncio.get_running_loop().time() + 2 * link.node_timeout
+            for client_id in installed:
+                session = shard.sessions.get(client_id)
+                if session is not None and session.dedupe is None:
+                    session.dedupe = MoveDedupe({}, set(), until)
             if unread is not None:
-                installed = {rec.client_id for rec in records}
                 by_worker: dict[int, set[str]] = {}
                 for shard_id, client_id in moved:
                     if client_id in installed:
                         by_worker.setdefault(shard_id, set()).add(client_id)
                 replayed = link.replay_adopted(*unread, by_worker)
+                link.spawn(link.follow_dead(node, unread[3], installed))
         log.log(
             logging.WARNING if records else logging.DEBUG,
             "node %s: node %s is dead: %d of its %d sessions adopted here, "

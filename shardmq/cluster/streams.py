@@ -108,7 +108,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgpack
@@ -142,6 +142,8 @@ BLOCK_MS = 2000
 RESYNC_INTERVAL = 30.0
 #: seconds a barrier waits for its answers once its PINGs are written
 BARRIER_TIMEOUT = 2.0
+#: seconds between reads of a dead node's stream while following it (follow_dead)
+FOLLOW_POLL = 0.05
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
@@ -223,7 +225,7 @@ class NodeLink:
         #: processes whose interest hash must be reloaded
         self._stale: set[Process] = set()
         self._stale_wake: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         #: redis-py ``Redis`` or, on a Redis Cluster, ``RedisCluster``
         self._ctl: Any = None
         self._reader: Any = None
@@ -1212,18 +1214,21 @@ class NodeLink:
 
     # -- a dead node's stream -----------------------------------------------------------
 
-    async def unread_of(self, node: str) -> tuple[dict[int, bytes], list[Any], bytes]:
+    async def unread_of(self, node: str) -> tuple[dict[int, bytes], list[Any], bytes, bytes]:
         """What dead node ``node``'s workers had not applied: (worker -> the
         last entry it applied, the entries after the oldest of those, the
-        last entry of this node's own stream). Read before the survivor
-        installs the sessions it adopts (``reaper.reap``)."""
+        last entry of this node's own stream, the last entry of the dead
+        node's stream read). Read before the survivor installs the sessions
+        it adopts (``reaper.reap``)."""
         ctl = self._ctl
         assert ctl is not None
+        key = self.stream_key(node)
+        tip: Any = await ctl.xrevrange(key, count=1)
+        last = _raw(tip[0][0]) if tip else b"0-0"
         marks: Any = await ctl.hgetall(f"{self.prefix}:read:{node}")
         applied = {int(w): _raw(v) for w, v in marks.items()}
         entries: list[Any] = []
         if applied:
-            key = self.stream_key(node)
             last = min(applied.values(), key=_entry_id)
             while True:
                 chunk: Any = await ctl.xrange(key, min=b"(" + last, count=READ_COUNT * 4)
@@ -1232,13 +1237,14 @@ class NodeLink:
                 entries.extend(chunk)
                 last = _raw(chunk[-1][0])
         own: Any = await ctl.xrevrange(self.stream_key(self.node_id), count=1)
-        return applied, entries, _raw(own[0][0]) if own else b"0-0"
+        return applied, entries, _raw(own[0][0]) if own else b"0-0", last
 
     def replay_adopted(
         self,
         applied: dict[int, bytes],
         entries: list[Any],
         own_end: bytes,
+        _dead_end: bytes,
         adopted: dict[int, set[str]],
     ) -> int:
         """Deliver the messages of a dead node's unread ``entries`` to the
@@ -1273,6 +1279,7 @@ class NodeLink:
                     if frame[2] in cids:
                         msg = shard.unpack_message(frame[3], now)
                         msg.src = -1
+                        msg.seq = 0
                         msg.dests = ()
                         shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
                         count += 1
@@ -1283,14 +1290,88 @@ class NodeLink:
                 msg.src = -1
                 msg.seq = 0
                 msg.dests = ()
+                if len(frame) > 2:
+                    msg.nid = (node, worker, epoch, frame[2])
                 if shard.route_to(msg, cids.__contains__):
                     count += 1
-                    if len(frame) > 2:
-                        self._replayed.add((node, worker, epoch, frame[2]))
+                    if msg.nid is not None:
+                        self._replayed.add(msg.nid)
         if self._replayed:
             self._replayed_until = max(self._replayed_until, _entry_id(own_end))
         else:
             self._adopted.clear()
+        return count
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` until it ends or this link stops."""
+        assert self.loop is not None
+        task = self.loop.create_task(work)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+
+    async def follow_dead(self, node: str, last: bytes, cids: set[str]) -> int:
+        """For ``node_timeout`` after adopting dead node ``node``'s sessions
+        (``cids``), deliver to them what is still appended to its stream
+        after ``last``: other nodes send there until their own beat finds it
+        dead. Adopted sessions carry a ``MoveDedupe``, so a message also sent
+        here directly is delivered once. Returns the messages delivered."""
+        ctl = self._ctl
+        assert ctl is not None and self.loop is not None
+        key = self.stream_key(node)
+        shard = self.shard
+        count = 0
+        keep = cids.__contains__
+        until = self.loop.time() + self.node_timeout
+        while self.loop.time() < until and not self._closing:
+            try:
+                entries: Any = await ctl.xrange(key, min=b"(" + last, count=READ_COUNT)
+            except UNREACHABLE:
+                entries = ()
+            if not entries:
+                await asyncio.sleep(FOLLOW_POLL)
+                continue
+            now = time.time()
+            for entry_id, fields in entries:
+                last = _raw(entry_id)
+                data = fields.get(b"e")
+                if data is None:
+                    continue
+                unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+                unpacker.feed(data)
+                head = unpacker.unpack()
+                if head[0] != m.NODE_FORMAT:
+                    continue
+                _fmt, sender, worker, _workers, epoch, _number = head
+                for frame in unpacker:
+                    if frame[0] == m.N_PUBLISH:
+                        msg = shard.unpack_message(frame[1], now)
+                        msg.src = -1
+                        msg.seq = 0
+                        msg.dests = ()
+                        if len(frame) > 2:
+                            msg.nid = (sender, worker, epoch, frame[2])
+                        count += shard.route_to(msg, keep)
+                        if shard.moved:  # adopted, then taken over already
+                            shard.forward_moved(msg, remote_only=True, only=cids)
+                    elif frame[0] == m.N_DELIVER and frame[2] in cids:
+                        msg = shard.unpack_message(frame[3], now)
+                        msg.src = -1
+                        msg.seq = 0
+                        msg.dests = ()
+                        if frame[7] is not None:
+                            msg.nid = tuple(frame[7])
+                        shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
+                        count += 1
+        log.debug(
+            "node %s: followed dead node %s's stream: %d messages for its sessions",
+            self.node_id,
+            node,
+            count,
+        )
         return count
 
     def _not_adopted(self, client_id: str) -> bool:

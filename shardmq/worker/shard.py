@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -719,7 +719,7 @@ class Shard:
             if self.shared or fabric.remote_shared:
                 matched += self._route_shared_everywhere(msg)
             if self.moved:
-                self.forward_moved(msg)
+                matched += self.forward_moved(msg)
             return matched
         matched = self.route_local(msg)
         if self.shared:
@@ -857,18 +857,27 @@ class Shard:
     #: messages that were already on their way here (see forward_moved)
     MOVED_GRACE = 5.0
 
-    def forward_moved(self, msg: Message, remote_only: bool = False) -> None:
+    def forward_moved(
+        self, msg: Message, remote_only: bool = False, only: Container[str] | None = None
+    ) -> int:
         """A message routed here after a session moved to another shard: other
         shards sent it before they learned of the move. Forward it to the new
         owner, which delivers it once (MoveDedupe) whether or not it was also
         sent there directly. ``remote_only``: read from this node's stream,
-        which this node's shards read too: only to owners on other nodes."""
+        which this node's shards read too: only to owners on other nodes;
+        ``only``: for these sessions only. Returns the deliveries forwarded
+        (a publisher's acknowledgement counts them as matching subscribers)."""
+        n = 0
         for cid, (owner, subs, _deadline) in self.moved.items():
             if remote_only and not isinstance(owner, tuple):
+                continue
+            if only is not None and cid not in only:
                 continue
             qos, retain, ids = _best_match(subs, msg, cid)
             if qos >= 0:
                 self.fabric.deliver_to(owner, cid, msg, qos, retain, ids)
+                n += 1
+        return n
 
     def _moved_expired(self, client_id: str, deadline: float) -> None:
         entry = self.moved.get(client_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -258,6 +259,58 @@ def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
         assert list(dict.fromkeys(got)) == list(range(21))
     else:
         assert got == list(range(21))
+
+
+def test_what_other_nodes_still_send_a_dead_node_reaches_the_sessions_adopted_from_it(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """Node c publishes QoS 1 messages for an offline session of node a without
+    pause while a stalls (SIGSTOP) and b adopts a's sessions. c counts a alive
+    until its own beat (node timeout 30 s: every 10 s) and keeps appending to
+    a's stream, where b's replay no longer looks once it has adopted the
+    session; b follows a's stream for its node timeout. Every message c had
+    acknowledged reaches the client resuming on b, none twice."""
+    queue = ("--max-queued-messages", "100000")
+    a = nodes.start("a", 1, *queue)
+    b = nodes.start("b", 1, *queue)
+    c = nodes.start("c", 1, *queue, "--node-timeout", "30")
+    leave_offline(a.port, "left", 5, "lf/#", 1)
+    pub = nodes.client(c)
+    r = redis_server.client()
+    assert pub.publish("lf/x", b"0", qos=1).value == 0
+    wait_for(lambda: r.hlen("shardmq:s:{left}:q") == 1)  # c routes to a, a applied it
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    mids: list[int] = []
+    adopted_at: float | None = None
+    try:
+        # until half a second after b adopted the session
+        while adopted_at is None or time.monotonic() < adopted_at + 0.5:
+            n = len(mids) + 1
+            mids.append(pub.publish("lf/x", str(n).encode(), qos=1, wait=False).mid)
+            time.sleep(0.001)
+            if adopted_at is None and (r.hget("shardmq:s:{left}:o", "o") or b"").startswith(b"b/"):
+                adopted_at = time.monotonic()
+            assert len(mids) < 20_000, "b did not adopt the session"
+    finally:
+        a.stop(signal.SIGKILL)
+    acks: dict[int, int] = {}
+    while len(acks) < len(mids):
+        mid, rc, _props = pub.acks.get(timeout=WAIT)
+        acks[mid] = rc.value
+    assert set(acks.values()) == {0}
+    again = persistent(b.port, "left", 5)
+    nodes.clients.append(again)
+    assert again.connect()[0].session_present is True
+    expected = {str(i).encode() for i in range(len(mids) + 1)}
+    got: list[Any] = []
+
+    def all_came() -> bool:
+        got.extend(again.drain(0.1))
+        return {m.payload for m in got} >= expected
+
+    wait_for(all_came, timeout=WAIT * 2)
+    assert len(got) == len(expected)  # none twice
 
 
 def test_a_node_back_from_the_dead_drops_the_sessions_taken_from_it(
