@@ -125,7 +125,7 @@ async def reap(link: NodeLink, node: str) -> int:
         log.log(
             logging.WARNING if records else logging.DEBUG,
             "node %s: node %s is dead: %d of its %d sessions adopted here, "
-            "%d messages it had not applied delivered to them",
+            "%d deliveries to them of messages it had not applied",
             link.node_id,
             node,
             len(records),

@@ -1140,10 +1140,7 @@ class NodeLink:
             if replay and kind not in REPLAYED:
                 continue
             if kind == m.N_PUBLISH:
-                msg = shard.unpack_message(frame[1], now)
-                msg.src = -1  # numbered by another node's shards: not ours to dedupe
-                msg.seq = 0
-                msg.dests = ()
+                msg = _foreign(shard, frame[1], now)
                 if len(frame) > 2:
                     msg.nid = (node, worker, epoch, frame[2])
                 if self._replayed and msg.nid in self._replayed:
@@ -1156,10 +1153,7 @@ class NodeLink:
                     shard.forward_moved(msg, remote_only=True)
             elif kind == m.N_DELIVER:
                 if frame[1] == self.worker:
-                    msg = shard.unpack_message(frame[3], now)
-                    msg.src = -1
-                    msg.seq = 0
-                    msg.dests = ()
+                    msg = _foreign(shard, frame[3], now)
                     if frame[7] is not None:
                         msg.nid = tuple(frame[7])
                     shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
@@ -1169,10 +1163,7 @@ class NodeLink:
                     self._reload_later(proc)
             elif kind == m.N_SHARE_PUBLISH:
                 if frame[1] == self.worker:
-                    msg = shard.unpack_message(frame[2], now)
-                    msg.src = -1
-                    msg.seq = 0
-                    shard.deliver_shared(msg, frame[3], frame[4])
+                    shard.deliver_shared(_foreign(shard, frame[2], now), frame[3], frame[4])
             elif kind == m.N_SHARE:
                 if not self.interest.apply(proc, epoch, frame[1], frame[2], frame[3]):
                     self._reload_later(proc)
@@ -1255,8 +1246,7 @@ class NodeLink:
         this node, not read here yet (up to ``own_end``), is then kept from the
         adopted sessions when it comes (``_replayed``). Shared deliveries to
         the dead node's members are not replayed. Returns the messages
-        delivered."""
-        shard = self.shard
+        deliveries."""
         now = time.time()
         count = 0
         self._adopted.update(*adopted.values())
@@ -1267,35 +1257,7 @@ class NodeLink:
             data = fields.get(b"e")
             if not cids or data is None:
                 continue
-            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-            unpacker.feed(data)
-            head = unpacker.unpack()
-            if head[0] != m.NODE_FORMAT:
-                continue
-            _fmt, node, worker, _workers, epoch, _number = head
-            for frame in unpacker:
-                if frame[0] == m.N_DELIVER:
-                    # for a session that had moved to the dead node
-                    if frame[2] in cids:
-                        msg = shard.unpack_message(frame[3], now)
-                        msg.src = -1
-                        msg.seq = 0
-                        msg.dests = ()
-                        shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
-                        count += 1
-                    continue
-                if frame[0] != m.N_PUBLISH:
-                    continue
-                msg = shard.unpack_message(frame[1], now)
-                msg.src = -1
-                msg.seq = 0
-                msg.dests = ()
-                if len(frame) > 2:
-                    msg.nid = (node, worker, epoch, frame[2])
-                if shard.route_to(msg, cids.__contains__):
-                    count += 1
-                    if msg.nid is not None:
-                        self._replayed.add(msg.nid)
+            count += self._deliver_entry(data, cids, now, self._replayed)
         if self._replayed:
             self._replayed_until = max(self._replayed_until, _entry_id(own_end))
         else:
@@ -1318,13 +1280,11 @@ class NodeLink:
         (``cids``), deliver to them what is still appended to its stream
         after ``last``: other nodes send there until their own beat finds it
         dead. Adopted sessions carry a ``MoveDedupe``, so a message also sent
-        here directly is delivered once. Returns the messages delivered."""
+        here directly is delivered once. Returns the deliveries."""
         ctl = self._ctl
         assert ctl is not None and self.loop is not None
         key = self.stream_key(node)
-        shard = self.shard
         count = 0
-        keep = cids.__contains__
         until = self.loop.time() + self.node_timeout
         while self.loop.time() < until and not self._closing:
             try:
@@ -1338,40 +1298,52 @@ class NodeLink:
             for entry_id, fields in entries:
                 last = _raw(entry_id)
                 data = fields.get(b"e")
-                if data is None:
-                    continue
-                unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-                unpacker.feed(data)
-                head = unpacker.unpack()
-                if head[0] != m.NODE_FORMAT:
-                    continue
-                _fmt, sender, worker, _workers, epoch, _number = head
-                for frame in unpacker:
-                    if frame[0] == m.N_PUBLISH:
-                        msg = shard.unpack_message(frame[1], now)
-                        msg.src = -1
-                        msg.seq = 0
-                        msg.dests = ()
-                        if len(frame) > 2:
-                            msg.nid = (sender, worker, epoch, frame[2])
-                        count += shard.route_to(msg, keep)
-                        if shard.moved:  # adopted, then taken over already
-                            shard.forward_moved(msg, remote_only=True, only=cids)
-                    elif frame[0] == m.N_DELIVER and frame[2] in cids:
-                        msg = shard.unpack_message(frame[3], now)
-                        msg.src = -1
-                        msg.seq = 0
-                        msg.dests = ()
-                        if frame[7] is not None:
-                            msg.nid = tuple(frame[7])
-                        shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
-                        count += 1
+                if data is not None:
+                    count += self._deliver_entry(data, cids, now)
         log.debug(
-            "node %s: followed dead node %s's stream: %d messages for its sessions",
+            "node %s: followed dead node %s's stream: %d deliveries to its sessions",
             self.node_id,
             node,
             count,
         )
+        return count
+
+    def _deliver_entry(
+        self,
+        data: bytes,
+        cids: set[str],
+        now: float,
+        record: set[tuple[str, int, int, int]] | None = None,
+    ) -> int:
+        """The messages of one entry of a dead node's stream, to the sessions
+        ``cids`` adopted from it (forwarded if one moved on since); ``record``
+        gets the number of each delivered. Returns the deliveries."""
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(data)
+        head = unpacker.unpack()
+        if head[0] != m.NODE_FORMAT:
+            return 0
+        _fmt, sender, worker, _workers, epoch, _number = head
+        shard = self.shard
+        count = 0
+        for frame in unpacker:
+            if frame[0] == m.N_PUBLISH:
+                msg = _foreign(shard, frame[1], now)
+                if len(frame) > 2:
+                    msg.nid = (sender, worker, epoch, frame[2])
+                n = shard.route_to(msg, cids.__contains__)
+                if shard.moved:  # adopted, then taken over already
+                    n += shard.forward_moved(msg, remote_only=True, only=cids)
+                if n and record is not None and msg.nid is not None:
+                    record.add(msg.nid)
+                count += n
+            elif frame[0] == m.N_DELIVER and frame[2] in cids:
+                # for a session that had moved to the dead node
+                msg = _foreign(shard, frame[3], now)
+                if frame[7] is not None:
+                    msg.nid = tuple(frame[7])
+                shard.deliver_direct(frame[2], msg, frame[4], frame[5], frame[6])
+                count += 1
         return count
 
     def _not_adopted(self, client_id: str) -> bool:
@@ -1439,6 +1411,16 @@ def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
             target.set_result(None)
 
     source.add_done_callback(copy)
+
+
+def _foreign(shard: FabricShard, packed: Any, now: float) -> Message:
+    """A message another node sent: numbered by that node's shards, so none
+    of this node's move marks apply to it (its ``nid`` does)."""
+    msg = shard.unpack_message(packed, now)
+    msg.src = -1
+    msg.seq = 0
+    msg.dests = ()
+    return msg
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:
