@@ -14,7 +14,9 @@ one), its expiry counts from now, and one that had expired ends. In the same
 step it delivers to them the messages in the dead node's stream that its
 workers had not applied (``P:read:<node>``; ``NodeLink.unread_of`` and
 ``replay_adopted``), so what another node acknowledged for them, the dead
-node's stream holding it, is not lost; and for ``node_timeout`` it delivers
+node's stream holding it, is not lost (a shared delivery addressed to one
+of the dead node's members goes to one of the group's members here); and
+for ``node_timeout`` it delivers
 to them what is still appended there (``follow_dead``: the other nodes send
 to the dead node until their own beat finds it gone), each message once
 (``MoveDedupe``: a message sent there and here carries one number). From then on

@@ -1244,20 +1244,20 @@ class NodeLink:
         stream order. Called in the same step as the sessions are installed,
         so nothing reaches them in between. A message the sender also sent
         this node, not read here yet (up to ``own_end``), is then kept from the
-        adopted sessions when it comes (``_replayed``). Shared deliveries to
-        the dead node's members are not replayed. Returns the messages
-        deliveries."""
+        adopted sessions when it comes (``_replayed``). A shared delivery to a
+        member on the dead node goes to one of this process's members of the
+        group. Returns the deliveries."""
         now = time.time()
         count = 0
         self._adopted.update(*adopted.values())
         for entry_id, fields in entries:
             at = _entry_id(entry_id)
-            behind = [c for w, c in adopted.items() if w in applied and at > _entry_id(applied[w])]
-            cids = set().union(*behind)
+            workers = {w for w in adopted if w in applied and at > _entry_id(applied[w])}
+            cids = set().union(*(adopted[w] for w in workers))
             data = fields.get(b"e")
             if not cids or data is None:
                 continue
-            count += self._deliver_entry(data, cids, now, self._replayed)
+            count += self._deliver_entry(data, cids, now, self._replayed, workers)
         if self._replayed:
             self._replayed_until = max(self._replayed_until, _entry_id(own_end))
         else:
@@ -1314,10 +1314,13 @@ class NodeLink:
         cids: set[str],
         now: float,
         record: set[tuple[str, int, int, int]] | None = None,
+        workers: set[int] | None = None,
     ) -> int:
         """The messages of one entry of a dead node's stream, to the sessions
-        ``cids`` adopted from it (forwarded if one moved on since); ``record``
-        gets the number of each delivered. Returns the deliveries."""
+        ``cids`` adopted from it (forwarded if one moved on since), and the
+        shared deliveries addressed to its ``workers`` (None: all) to one of
+        this process's members of their group, adopted or not; ``record``
+        gets the number of each message delivered. Returns the deliveries."""
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         unpacker.feed(data)
         head = unpacker.unpack()
@@ -1337,6 +1340,9 @@ class NodeLink:
                 if n and record is not None and msg.nid is not None:
                     record.add(msg.nid)
                 count += n
+            elif frame[0] == m.N_SHARE_PUBLISH and (workers is None or frame[1] in workers):
+                msg = _foreign(shard, frame[2], now)
+                count += shard.deliver_shared(msg, frame[3], frame[4])
             elif frame[0] == m.N_DELIVER and frame[2] in cids:
                 # for a session that had moved to the dead node
                 msg = _foreign(shard, frame[3], now)

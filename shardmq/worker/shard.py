@@ -833,13 +833,14 @@ class Shard:
                 slot -= count
         return n
 
-    def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> None:
-        """Another shard chose one of our members of ``$share/group/filter``."""
+    def deliver_shared(self, msg: Message, group_name: str, topic_filter: str) -> int:
+        """Another shard chose one of our members of ``$share/group/filter``;
+        returns 1 if a member here got it."""
         msg.dests = ()  # chosen for one member: no other shard delivers it to the group
         for group in self.shared.match(msg.topic):
             if group.name == group_name and group.topic_filter == topic_filter:
-                self._deliver_to_group(msg, group)
-                return
+                return self._deliver_to_group(msg, group)
+        return 0
 
     def _deliver_to_group(self, msg: Message, group: Any) -> int:
         picked = group.pick(_online) or group.pick()

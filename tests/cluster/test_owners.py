@@ -261,6 +261,36 @@ def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
         assert got == list(range(21))
 
 
+def test_shared_deliveries_a_dead_node_had_not_applied_reach_a_member_of_the_group(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """The only member of ``$share/g/sh/#`` is an offline session of node a.
+    Node b publishes 20 QoS 1 messages while a stalls: each is addressed to
+    a's member (in a's stream, acknowledged). a is then killed; the survivor
+    delivers those shared deliveries to a member of the group it holds now
+    (the adopted one): the client resuming on b gets all 21, once."""
+    a = nodes.start("a")
+    b = nodes.start("b")
+    leave_offline(a.port, "member", 5, "$share/g/sh/#", 1)
+    pub = nodes.client(b)
+    r = redis_server.client()
+    assert pub.publish("sh/x", b"0", qos=1).value == 0
+    wait_for(lambda: r.hlen("shardmq:s:{member}:q") == 1)  # applied by a
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(1, 21):
+            assert pub.publish("sh/x", str(i).encode(), qos=1).value == 0  # in a's stream
+    finally:
+        a.stop(signal.SIGKILL)
+    wait_for(lambda: "sessions adopted here" in b.log_text(), timeout=NODE_TIMEOUT * 4)
+    again = persistent(b.port, "member", 5)
+    nodes.clients.append(again)
+    assert again.connect()[0].session_present is True
+    got = [int(m.payload) for m in again.drain(1.0)]
+    assert sorted(got) == list(range(21))
+
+
 def test_what_other_nodes_still_send_a_dead_node_reaches_the_sessions_adopted_from_it(
     nodes: Nodes, redis_server: RedisServer
 ) -> None:
