@@ -802,7 +802,7 @@ class Decoder:
         pid = _packet_id(view, p, end)
         p += 2
         code: int = ReasonCode.SUCCESS
-        props = _new_properties()
+        props = None  # made by the packet if anyone reads it
         # [MQTT-3.4.2.1] v5: reason code omitted when the remaining length is 2
         if self.version == MQTT5 and p < end:
             code = _check_code(view[p], _ACK_CODES[ptype], PacketType(ptype).name)

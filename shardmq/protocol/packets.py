@@ -289,9 +289,12 @@ class Publish(_Packet):
 
 
 class _Ack(_Packet):
-    """PUBACK, PUBREC, PUBREL and PUBCOMP share one shape."""
+    """PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 
-    __slots__ = ("packet_id", "reason_code", "properties")
+    Most acknowledgements carry no properties: their ``Properties`` is made
+    the first time it is read (an empty one costs more than the packet)."""
+
+    __slots__ = ("packet_id", "reason_code", "_properties")
 
     def __init__(
         self,
@@ -301,7 +304,34 @@ class _Ack(_Packet):
     ) -> None:
         self.packet_id = packet_id
         self.reason_code = reason_code
-        self.properties = properties if properties is not None else Properties()
+        self._properties = properties
+
+    @property
+    def properties(self) -> Properties:
+        props = self._properties
+        if props is None:
+            props = self._properties = Properties()
+        return props
+
+    @properties.setter
+    def properties(self, value: Properties) -> None:
+        self._properties = value
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Ack)
+        return (
+            self.packet_id == other.packet_id
+            and self.reason_code == other.reason_code
+            and self.properties == other.properties
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(packet_id={self.packet_id!r}, "
+            f"reason_code={self.reason_code!r}, properties={self.properties!r})"
+        )
 
 
 class Puback(_Ack):

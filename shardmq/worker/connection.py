@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -1016,6 +1017,21 @@ class Connection(asyncio.Protocol):
         qos = packet.qos
         if qos == 0:
             return
+        if qos == 1 and code == 0 and reason is None:
+            # the common QoS 1 case: a plain PUBACK (4 bytes, the same in
+            # both versions), written as bytes when nothing makes it wait
+            shard = self.shard
+            store = shard.store
+            # (as _send_ack decides it, without a packet object)
+            if store is None or (
+                not self._acks and not store.pending() and shard.fabric.stored() is None
+            ):
+                limit = self.outbox.max_packet
+                if not limit or limit >= 4:
+                    pid = packet.packet_id
+                    assert pid is not None
+                    self.write(_puback_ok(0x40, 2, pid))
+                    return
         props_out = None
         if reason is not None and self.version == MQTT5 and self.problem_info:
             props_out = Properties(reason_string=reason)
@@ -1365,6 +1381,8 @@ async def _call_quietly(hook: Any, handle: Any, packet: Any) -> None:
 
 
 _PINGRESP = encode(Pingresp(), MQTT5)
+#: PUBACK, remaining length 2, packet id: Success with no properties
+_puback_ok = struct.Struct(">BBH").pack
 
 _HANDLERS: dict[int, Any] = {
     PacketType.CONNECT: Connection._handle_connect,
