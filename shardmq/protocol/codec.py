@@ -657,22 +657,24 @@ class Decoder:
         if self.version == MQTT5:
             if p >= end:
                 raise MalformedPacket(_MALFORMED, "missing property length")
+            props: Properties | None = None  # none: the packet makes it if read
             if view[p] == 0:
                 p += 1
-                props = _new_properties()
+                if not topic:
+                    # spec 3.3.2.1: a zero length Topic Name needs a Topic Alias
+                    raise ProtocolViolation(reason_string="empty topic without topic alias")
             else:
                 props, p = _properties(view, p, end, _PUBLISH)
                 if self.server and props.subscription_identifiers is not None:
                     raise ProtocolViolation(
                         reason_string="subscription identifier from a client [MQTT-3.3.4-6]"
                     )
-            if not topic and props.topic_alias is None:
-                # spec 3.3.2.1: a zero length Topic Name needs a Topic Alias
-                raise ProtocolViolation(reason_string="empty topic without topic alias")
-            if self.server and props.response_topic is not None:
-                _check_response_topic(props.response_topic)
+                if not topic and props.topic_alias is None:
+                    raise ProtocolViolation(reason_string="empty topic without topic alias")
+                if self.server and props.response_topic is not None:
+                    _check_response_topic(props.response_topic)
         else:
-            props = _new_properties()
+            props = None
             if not topic:
                 raise ProtocolViolation(_TOPIC_NAME_INVALID, "empty topic name [MQTT-4.7.3-1]")
         if "+" in topic or "#" in topic:

@@ -181,15 +181,40 @@ _PROPERTY_COUNT = len(Properties.__slots__)
 class _Packet:
     __slots__: tuple[str, ...] = ()
     packet_type: PacketType
+    #: the fields compared and shown (a class whose properties are made on
+    #: first read names ``properties`` here, not its slot)
+    _fields: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        names = self._fields or self.__slots__
+        return all(getattr(self, n) == getattr(other, n) for n in names)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        names = self._fields or self.__slots__
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
         return f"{type(self).__name__}({inner})"
+
+
+class _LazyProperties(_Packet):
+    """A packet that often carries no properties: its ``Properties`` is made
+    the first time it is read (an empty one costs more than the packet);
+    ``_properties`` is None until then."""
+
+    __slots__ = ("_properties",)
+    _properties: Properties | None
+
+    @property
+    def properties(self) -> Properties:
+        props = self._properties
+        if props is None:
+            props = self._properties = Properties()
+        return props
+
+    @properties.setter
+    def properties(self, value: Properties) -> None:
+        self._properties = value
 
 
 class Will(_Packet):
@@ -265,9 +290,10 @@ class Connack(_Packet):
         self.properties = properties if properties is not None else Properties()
 
 
-class Publish(_Packet):
+class Publish(_LazyProperties):
     packet_type = PacketType.PUBLISH
-    __slots__ = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
+    __slots__ = ("topic", "payload", "qos", "retain", "dup", "packet_id")
+    _fields = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
 
     def __init__(
         self,
@@ -285,16 +311,14 @@ class Publish(_Packet):
         self.retain = retain
         self.dup = dup
         self.packet_id = packet_id
-        self.properties = properties if properties is not None else Properties()
+        self._properties = properties
 
 
-class _Ack(_Packet):
-    """PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
+class _Ack(_LazyProperties):
+    """PUBACK, PUBREC, PUBREL and PUBCOMP share one shape."""
 
-    Most acknowledgements carry no properties: their ``Properties`` is made
-    the first time it is read (an empty one costs more than the packet)."""
-
-    __slots__ = ("packet_id", "reason_code", "_properties")
+    __slots__ = ("packet_id", "reason_code")
+    _fields = ("packet_id", "reason_code", "properties")
 
     def __init__(
         self,
@@ -305,33 +329,6 @@ class _Ack(_Packet):
         self.packet_id = packet_id
         self.reason_code = reason_code
         self._properties = properties
-
-    @property
-    def properties(self) -> Properties:
-        props = self._properties
-        if props is None:
-            props = self._properties = Properties()
-        return props
-
-    @properties.setter
-    def properties(self, value: Properties) -> None:
-        self._properties = value
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, _Ack)
-        return (
-            self.packet_id == other.packet_id
-            and self.reason_code == other.reason_code
-            and self.properties == other.properties
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(packet_id={self.packet_id!r}, "
-            f"reason_code={self.reason_code!r}, properties={self.properties!r})"
-        )
 
 
 class Puback(_Ack):

@@ -998,8 +998,8 @@ class Connection(asyncio.Protocol):
     def _publish_message(self, packet: Publish) -> int:
         """Route an accepted PUBLISH; returns the success code for its ack."""
         qos = packet.qos
-        props = packet.properties
-        expiry = props.message_expiry_interval
+        props = packet._properties  # None: it had none (3.1.1, or none sent)
+        expiry = props.message_expiry_interval if props is not None else None
         msg = Message(
             packet.topic,
             packet.payload,

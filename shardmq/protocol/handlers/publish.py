@@ -46,8 +46,8 @@ def check_publish(
 ) -> str:
     """ROUTE or DUPLICATE; the packet's topic alias is resolved in place (and
     removed from its properties); ``aliases`` learns a new mapping."""
-    if version == MQTT5:
-        props = packet.properties
+    props = packet._properties  # None: the PUBLISH had no properties
+    if version == MQTT5 and props is not None:
         alias = props.topic_alias
         if alias is not None:
             if alias == 0 or alias > limits.topic_alias_maximum:
