@@ -1017,21 +1017,15 @@ class Connection(asyncio.Protocol):
         qos = packet.qos
         if qos == 0:
             return
-        if qos == 1 and code == 0 and reason is None:
-            # the common QoS 1 case: a plain PUBACK (4 bytes, the same in
-            # both versions), written as bytes when nothing makes it wait
-            shard = self.shard
-            store = shard.store
-            # (as _send_ack decides it, without a packet object)
-            if store is None or (
-                not self._acks and not store.pending() and shard.fabric.stored() is None
-            ):
-                limit = self.outbox.max_packet
-                if not limit or limit >= 4:
-                    pid = packet.packet_id
-                    assert pid is not None
-                    self.write(_puback_ok(0x40, 2, pid))
-                    return
+        # the common QoS 1 case: a plain PUBACK (4 bytes, the same in both
+        # versions), written as bytes when nothing makes it wait
+        if qos == 1 and code == 0 and reason is None and not self._ack_must_wait():
+            limit = self.outbox.max_packet
+            if not limit or limit >= 4:
+                pid = packet.packet_id
+                assert pid is not None
+                self.write(_puback_ok(0x40, 2, pid))
+                return
         props_out = None
         if reason is not None and self.version == MQTT5 and self.problem_info:
             props_out = Properties(reason_string=reason)
@@ -1047,22 +1041,28 @@ class Connection(asyncio.Protocol):
                 self.session.add_inbound(pid)
             self._send_ack(Pubrec(pid, code, props_out))
 
+    def _ack_must_wait(self) -> bool:
+        """Whether an acknowledgement sent now waits for the store: there is
+        one, and it has unwritten changes, or earlier acknowledgements wait,
+        or other workers were handed QoS 1/2 messages this iteration."""
+        store = self.shard.store
+        if store is None:
+            return False
+        return bool(self._acks) or store.pending() or self.shard.fabric.stored() is not None
+
     def _send_ack(self, packet: Any) -> None:
         """Send a PUBACK, PUBREC or PUBCOMP once the store holds what it
         acknowledges (the deliveries to persistent sessions, the inbound QoS 2
         state), in the order of the packets it answers [MQTT-4.6.0-2]. With no
         store, or nothing unwritten, it goes at once."""
-        shard = self.shard
-        store = shard.store
+        if not self._ack_must_wait():
+            self.send(packet)
+            return
+        store = self.shard.store
+        assert store is not None
         acks = self._acks
-        if store is None:
-            self.send(packet)
-            return
         # other workers this iteration handed QoS 1/2 messages to store them too
-        remote = shard.fabric.stored()
-        if not acks and not store.pending() and remote is None:
-            self.send(packet)
-            return
+        remote = self.shard.fabric.stored()
         local = store.flush() if store.pending() else None
         written: asyncio.Future[None]
         if local is not None and remote is not None:
