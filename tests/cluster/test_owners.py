@@ -225,34 +225,48 @@ def test_a_dead_nodes_session_resumes_on_another_node(
     assert again.get().payload == b"kept"
 
 
-@both_kinds
-def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
-    nodes: Nodes, redis_server: RedisServer, version: int
-) -> None:
-    """Node a stalls (SIGSTOP) holding an offline session; node b, which still
-    counts a as alive, publishes 20 QoS 1 messages for it, each acknowledged
-    once it is in a's stream; a is then killed. The survivor adopting a's
-    sessions delivers what a had not applied: the client reconnecting to b
-    gets all 21 messages, once, in order."""
+def _twenty_while_a_stalls(
+    nodes: Nodes,
+    redis_server: RedisServer,
+    client_id: str,
+    topic_filter: str,
+    topic: str,
+    version: int,
+) -> list[int]:
+    """An offline session of node a subscribed to ``topic_filter`` (which
+    matches ``topic``) gets message 0 applied by a; a then stalls
+    (SIGSTOP) while node b, which still counts a as alive, publishes 1..20 at
+    QoS 1, each acknowledged once it is in a's stream; a is killed. Returns
+    the payloads the client resuming on b receives, as numbers."""
     a = nodes.start("a")
     b = nodes.start("b")
-    leave_offline(a.port, "stalled", version, "st/#", 1)
+    leave_offline(a.port, client_id, version, topic_filter, 1)
     pub = nodes.client(b, version=version)
     r = redis_server.client()
-    assert pub.publish("st/x", b"0", qos=1).value == 0
-    wait_for(lambda: r.hlen("shardmq:s:{stalled}:q") == 1)  # applied by a
+    assert pub.publish(topic, b"0", qos=1).value == 0
+    wait_for(lambda: r.hlen(f"shardmq:s:{{{client_id}}}:q") == 1)  # applied by a
     assert a.proc is not None
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         for i in range(1, 21):
-            assert pub.publish("st/x", str(i).encode(), qos=1).value == 0  # in a's stream
+            assert pub.publish(topic, str(i).encode(), qos=1).value == 0  # in a's stream
     finally:
         a.stop(signal.SIGKILL)
     wait_for(lambda: "sessions adopted here" in b.log_text(), timeout=NODE_TIMEOUT * 4)
-    again = persistent(b.port, "stalled", version)
+    again = persistent(b.port, client_id, version)
     nodes.clients.append(again)
     assert again.connect()[0].session_present is True
-    got = [int(m.payload) for m in again.drain(1.0)]
+    return [int(m.payload) for m in again.drain(1.0)]
+
+
+@both_kinds
+def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
+    nodes: Nodes, redis_server: RedisServer, version: int
+) -> None:
+    """The survivor adopting a stalled-then-killed node's sessions delivers
+    what that node had not applied: the client reconnecting to b gets all 21
+    messages, once, in order."""
+    got = _twenty_while_a_stalls(nodes, redis_server, "stalled", "st/#", "st/x", version)
     if isinstance(redis_server, RedisClusterServer):
         # a's read mark and the session's keys are in different slots: a
         # stopped between the two writes, an entry comes twice
@@ -264,30 +278,12 @@ def test_what_a_dead_node_had_not_applied_reaches_the_sessions_adopted_from_it(
 def test_shared_deliveries_a_dead_node_had_not_applied_reach_a_member_of_the_group(
     nodes: Nodes, redis_server: RedisServer
 ) -> None:
-    """The only member of ``$share/g/sh/#`` is an offline session of node a.
-    Node b publishes 20 QoS 1 messages while a stalls: each is addressed to
-    a's member (in a's stream, acknowledged). a is then killed; the survivor
-    delivers those shared deliveries to a member of the group it holds now
-    (the adopted one): the client resuming on b gets all 21, once."""
-    a = nodes.start("a")
-    b = nodes.start("b")
-    leave_offline(a.port, "member", 5, "$share/g/sh/#", 1)
-    pub = nodes.client(b)
-    r = redis_server.client()
-    assert pub.publish("sh/x", b"0", qos=1).value == 0
-    wait_for(lambda: r.hlen("shardmq:s:{member}:q") == 1)  # applied by a
-    assert a.proc is not None
-    os.kill(a.proc.pid, signal.SIGSTOP)
-    try:
-        for i in range(1, 21):
-            assert pub.publish("sh/x", str(i).encode(), qos=1).value == 0  # in a's stream
-    finally:
-        a.stop(signal.SIGKILL)
-    wait_for(lambda: "sessions adopted here" in b.log_text(), timeout=NODE_TIMEOUT * 4)
-    again = persistent(b.port, "member", 5)
-    nodes.clients.append(again)
-    assert again.connect()[0].session_present is True
-    got = [int(m.payload) for m in again.drain(1.0)]
+    """The only member of ``$share/g/sh/#`` is an offline session of node a:
+    each of the 20 messages b publishes while a stalls is addressed to a's
+    member (in a's stream, acknowledged). The survivor delivers those shared
+    deliveries to a member of the group it holds now (the adopted one): the
+    client resuming on b gets all 21, once."""
+    got = _twenty_while_a_stalls(nodes, redis_server, "member", "$share/g/sh/#", "sh/x", 5)
     assert sorted(got) == list(range(21))
 
 
